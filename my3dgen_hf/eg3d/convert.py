@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -153,9 +150,12 @@ def _load_from_bytes(data: Any) -> Any:
     """Decode a storage from its legacy ``torch.save`` blob with torch's own weights-only (safe) unpickler."""
     if not isinstance(data, (bytes, bytearray)):
         raise NetworkPickleError("malformed tensor storage in pickle (expected bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TypedStorage deprecation noise
-        storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage deprecation noise
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's weights-only unpickler refused or could not parse the blob
+        raise NetworkPickleError(f"a tensor storage could not be decoded safely ({type(e).__name__}: {e})") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise NetworkPickleError(f"malformed tensor storage in pickle (decoded to {type(storage).__name__})")
     return storage
@@ -397,14 +397,10 @@ def _collect_state_dict(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> 
 
 def _plain(value: Any, where: str) -> Any:
     """Convert pickled config values to JSON-able Python (EasyDict -> dict, numpy -> builtins, tuple -> list)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NetworkPickleError(f"config value {where} is not finite ({value})")
-        return value
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic):  # first: np.float64 is also a float subclass
         return _plain(value.item(), where)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if isinstance(value, dict):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -459,47 +455,27 @@ def load_network_pickle(path: str | os.PathLike, key: str = "G_ema") -> Converte
 
 # ----------------------------------------------------------------------------------------------------------
 # Conversion to a diffusers-style pipeline folder and the console entry point.
-# >>> PLACEHOLDER: convert_network_pickle / main are provisional and will be rewritten by the project owner.
+def convert_network_pickle(
+    pkl_path: str | os.PathLike, out_dir: str | os.PathLike, key: str = "G_ema", overwrite: bool = False
+) -> Path:
+    """Convert an EG3D snapshot into an ``EG3DPipeline`` folder (``model_index.json`` + ``generator/``).
 
+    The folder is written atomically: a failure never leaves a half-written ``out_dir``. The training-only
+    ``dataset_label_std`` buffer is not part of the generator and is dropped.
+    """
+    # Imported lazily: the model modules are heavy and the reader above must stay importable on its own.
+    from ..pipelines.eg3d import EG3DPipeline
+    from ..utils.io import atomic_directory
+    from .generator import EG3DGenerator
 
-def convert_network_pickle(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, key: str = "G_ema",
-                           overwrite: bool = False) -> Path:
-    """Convert a snapshot to an ``EG3DPipeline`` folder, written atomically (temp dir + rename)."""
-    # Imported lazily: the model modules are heavy and this file must stay importable on its own.
-    from my3dgen_hf.eg3d.generator import EG3DGenerator
-    from my3dgen_hf.pipelines.eg3d import EG3DPipeline
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     net = load_network_pickle(pkl_path, key=key)
     if not net.class_name.endswith("TriPlaneGenerator"):
         raise NetworkPickleError(f"{pkl_path}[{key!r}] is a {net.class_name}, not an EG3D TriPlaneGenerator")
-
     generator = EG3DGenerator(**net.config)
-    generator.load_state_dict(net.state_dict)
-    # TODO(owner): decide where net.extra_buffers (dataset_label_std) go.
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    generator.load_state_dict(net.state_dict, strict=True)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         EG3DPipeline(generator=generator).save_pretrained(tmp)
-        if out_dir.exists():
-            # Move the old output aside first so that a failure never leaves OUT_DIR half-written.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            old.rmdir()
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
