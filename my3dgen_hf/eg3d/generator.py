@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 
 from .decoder import OSGDecoder
@@ -42,7 +43,7 @@ FFHQ_RENDERING_KWARGS = {
 TRIPLANE_CHANNELS = 32
 
 
-class EG3DGenerator(ModelMixin, ConfigMixin):
+class EG3DGenerator(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """``EG3DGenerator(**G.init_kwargs)`` builds the original ``TriPlaneGenerator`` structure.
 
     Inference defaults are deterministic: ``noise_mode=None`` means 'const' in eval mode ('random' in train
