@@ -167,3 +167,20 @@ def test_full_ffhq512_config_builds_and_renders(capsys):
     with torch.no_grad():
         out = G(torch.randn(1, 512), sample_camera_label(0.0, 0.0), truncation_psi=0.7, neural_rendering_resolution=32)
     assert out["image"].shape == (1, 3, 512, 512) and torch.isfinite(out["image"]).all()
+
+
+def test_raw_image_aliasing_of_no_up_superresolution_is_reproduced_and_switchable():
+    # 2X SR at its native input resolution: the original returns image_raw = rgb + block0's ToRGB output.
+    G = tiny_generator(neural_rendering_resolution=64)
+    z, c = torch.randn(1, G.z_dim), sample_camera_label(0.0, 0.0)
+    with torch.no_grad():
+        aliased = G(z, c)
+        G.rendering_kwargs["reproduce_raw_aliasing"] = False
+        plain = G(z, c)
+        ws = G.mapping(z, c)
+        planes = G.synthesize_planes(ws)
+    assert torch.equal(aliased["image"], plain["image"])
+    assert not torch.allclose(aliased["image_raw"], plain["image_raw"])
+    # The plain raw image is the volume-rendered RGB, whatever the SR does.
+    feats, _, _ = G.renderer(planes, G.decoder, *G.ray_sampler(c[:, :16].view(-1, 4, 4), c[:, 16:].view(-1, 3, 3), 64), G.rendering_kwargs, True)
+    torch.testing.assert_close(plain["image_raw"], feats.permute(0, 2, 1).reshape(1, -1, 64, 64)[:, :3])

@@ -162,10 +162,12 @@ class EG3DGenerator(ModelMixin, ConfigMixin, PeftAdapterMixin):
         feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()  # [N, 32, r, r]
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
         rgb_image = feature_image[:, :3]
-        image = self.superresolution(
+        image, raw_image = self.superresolution(
             rgb_image, feature_image, ws, noise_mode=self.rendering_kwargs["superresolution_noise_mode"], **block_kwargs
         )
-        return {"image": image, "image_raw": rgb_image, "image_depth": depth_image}
+        if not self.rendering_kwargs.get("reproduce_raw_aliasing", True):
+            raw_image = rgb_image  # the plain volume-rendered RGB (see Superresolution.forward)
+        return {"image": image, "image_raw": raw_image, "image_depth": depth_image}
 
     def synthesis(
         self,

@@ -60,14 +60,25 @@ class Superresolution(nn.Module):
         if has_filter:
             self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
 
-    def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, **block_kwargs) -> torch.Tensor:
-        # rgb [N, 3, r, r], x [N, C, r, r] (raw feature image), ws [N, num_ws, w_dim] -> [N, 3, R, R]
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, **block_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb [N, 3, r, r], x [N, C, r, r] (raw feature image), ws [N, num_ws, w_dim] -> (image [N, 3, R, R],
+        raw image as the original returns it [N, 3, r, r]).
+
+        The original accumulates ToRGB outputs in place (``img.add_(y)``). When no resize happens and block0 does
+        not up-sample (2X at 64, 4X at 128: e.g. the ShapeNet models), that writes block0's ToRGB output into the
+        caller's raw image, so the original's ``image_raw`` is ``rgb + torgb0``. It is reproduced here so outputs
+        match the released models; ``image`` is unaffected.
+        """
         ws = ws[:, -1:, :].repeat(1, 3, 1)
+        raw = rgb
         size = x.shape[-1]
-        if (size < self.input_resolution) if self.only_upsample else (size != self.input_resolution):
+        resized = (size < self.input_resolution) if self.only_upsample else (size != self.input_resolution)
+        if resized:
             resize = dict(size=(self.input_resolution, self.input_resolution), mode="bilinear", align_corners=False, antialias=self.sr_antialias)
             x = F.interpolate(x, **resize)
             rgb = F.interpolate(rgb, **resize)
         x, rgb = self.block0(x, rgb, ws, **block_kwargs)
+        if not resized and self.block0.up == 1:
+            raw = rgb
         x, rgb = self.block1(x, rgb, ws, **block_kwargs)
-        return rgb
+        return rgb, raw

@@ -267,7 +267,7 @@ def sample_identity(seed: int, identity_id: int) -> IdentityParams:
 
     volume = {
         "short": u(0.018, 0.035), "medium": u(0.03, 0.05), "long": u(0.03, 0.05), "bangs": u(0.03, 0.05),
-        "bun": u(0.012, 0.022), "ponytail": u(0.012, 0.022), "afro": u(0.06, 0.085), "buzz": u(0.004, 0.008),
+        "bun": u(0.012, 0.022), "ponytail": u(0.012, 0.022), "afro": u(0.045, 0.065), "buzz": u(0.004, 0.008),
         "bald": u(0.006, 0.012),
     }[style]
     hairline = {
@@ -406,8 +406,8 @@ def sample_image_params(
     if kind == "bar":
         size = (u(0.12, 0.3), u(0.015, 0.04))
     else:
-        size = (u(0.035, 0.07), 0.0)
-    center = (u(-0.12, 0.12), u(-0.16, 0.1), u(0.3, 0.42))
+        size = (u(0.05, 0.1), 0.0)
+    center = (u(-0.09, 0.09), u(-0.14, 0.08), u(0.3, 0.42))
 
     return ImageParams(
         image_index=int(image_index),
@@ -530,8 +530,8 @@ class _Layout:
         # the face: one egg-like ellipsoid from the brows to the chin, a jaw for square faces, a chin
         self.cheek_c = np.array([0.0, -0.055, 0.02])
         self.cheek_r = np.array([p.cheek_width, p.jaw_height, 0.175])
-        self.jaw_c = np.array([0.0, -0.055 - 0.55 * p.jaw_height, -0.01])
-        self.jaw_r = np.array([p.jaw_width, 0.45 * p.jaw_height, 0.15])
+        self.jaw_c = np.array([0.0, -0.055 - 0.45 * p.jaw_height, -0.025])
+        self.jaw_r = np.array([p.jaw_width, 0.42 * p.jaw_height, 0.14])
         chin_y = self.cheek_c[1] - p.jaw_height + 0.045
         jaw_front = self.cheek_c[2] + self.cheek_r[2] * math.sqrt(
             max(0.0, 1 - ((chin_y - self.cheek_c[1]) / self.cheek_r[1]) ** 2)
@@ -573,12 +573,21 @@ class _Layout:
         ]
         self.ear_rot = [_rot_y(-s * p.ear_angle) @ _rot_z(s * 0.12) for s in (-1.0, 1.0)]
         # neck
-        self.neck_c = np.array([0.0, -0.3, -0.035])
-        self.neck_r = np.array([p.neck_width, 0.22, p.neck_width * 1.05])
+        self.neck_c = np.array([0.0, -0.295, -0.035])
+        self.neck_r = np.array([p.neck_width, 0.2, p.neck_width * 1.05])  # ends at y = -0.495 (inside the box)
         # hair shell
         v = p.hair_volume
         self.hair_c = self.skull_c + np.array([0.0, 0.5 * v, -0.25 * v])
         self.hair_r = self.skull_r + np.array([v, 1.25 * v, v])
+        # thick hair gets a thinner inner layer whose hairline sits lower: the cut edge then tapers in steps
+        self.hair_layers = [(self.hair_c, self.hair_r, 0.0)]
+        if v > 0.025:
+            lift = 0.12 if v > 0.055 else 0.07
+            vi = 0.4 * v
+            self.hair_layers = [
+                (self.hair_c, self.hair_r, lift),
+                (self.skull_c + np.array([0.0, 0.5 * vi, -0.25 * vi]), self.skull_r + np.array([vi, 1.25 * vi, vi]), 0.0),
+            ]
         # glasses plane just in front of the eyes
         self.glasses_z = max(self.eye_c[0][2] + self.eye_r + 0.018, self.front_z(0.0, self.eye_y) + 0.012)
 
@@ -642,8 +651,14 @@ class _Prim:
         self.name = name
         self.material = material
         self.cover = cover
-        self.plane = plane  # (axis, value) for planes axis-aligned in the world
-        self.region = region  # planes: region(a, b) -> bool on in-plane coordinates
+        # planes: (p0, e_a, e_b): origin and two orthonormal in-plane axes; region(a, b) -> bool on the in-plane
+        # coordinates a = (P - p0).e_a, b = (P - p0).e_b
+        self.plane = None
+        self.region = region
+        if plane is not None:
+            p0, ea, eb = (np.asarray(v, dtype=np.float64) for v in plane)
+            n = np.cross(ea, eb)
+            self.plane = (p0, ea, eb, n / np.linalg.norm(n))
         if plane is None:
             self.c = np.asarray(center, dtype=np.float64)
             self.r = np.asarray(radii, dtype=np.float64)
@@ -675,13 +690,13 @@ class _Prim:
     def intersect(self, o, dx, dy, dz):
         """(t, back) for ray slices: t = inf where missed; back = True where the far (inner) side was hit."""
         if self.plane is not None:
-            axis, val = self.plane
-            d = (dx, dy, dz)[axis]
+            p0, ea, eb, n = self.plane
+            rel = o - p0
+            denom = n[0] * dx + n[1] * dy + n[2] * dz
             with np.errstate(divide="ignore", invalid="ignore"):
-                t = ((val - o[axis]) / d).astype(np.float32)
-            a_ax, b_ax = [k for k in range(3) if k != axis]
-            pa = o[a_ax] + t * (dx, dy, dz)[a_ax]
-            pb = o[b_ax] + t * (dx, dy, dz)[b_ax]
+                t = (np.float32(-(n @ rel)) / denom).astype(np.float32)
+            pa = np.float32(ea @ rel) + t * (ea[0] * dx + ea[1] * dy + ea[2] * dz)
+            pb = np.float32(eb @ rel) + t * (eb[0] * dx + eb[1] * dy + eb[2] * dz)
             ok = (t > 0) & self.region(pa, pb)
             return np.where(ok, t, np.float32(np.inf)), None
         ol = self._local_origin(o).astype(np.float32)
@@ -702,25 +717,24 @@ class _Prim:
         t = np.where(ok0, t0, np.where(ok1, t1, np.float32(np.inf)))
         return t, ok1
 
-    def local(self, P):
-        """Unit-sphere coordinates [n, 3] of world points."""
-        v = P - self.c.astype(np.float32)
+    def local(self, Pt):
+        """Unit-sphere coordinates [3, n] of world points [3, n] (component-major)."""
+        v = Pt - self.c.astype(np.float32)[:, None]
         if self.rot is not None:
-            v = v @ self.rot.astype(np.float32)
-        return v / self.r.astype(np.float32)
+            v = self.rot.T.astype(np.float32) @ v
+        return v * (1 / self.r).astype(np.float32)[:, None]
 
-    def normal(self, P, q):
+    def normal(self, qt):
+        """Unit world normals [3, n] at unit-sphere coordinates [3, n]."""
         if self.plane is not None:
-            n = np.zeros_like(P)
-            n[:, self.plane[0]] = 1.0
-            return n
-        g = q / self.r.astype(np.float32)
+            return np.broadcast_to(self.plane[3].astype(np.float32)[:, None], qt.shape).copy()
+        g = qt * (1 / self.r).astype(np.float32)[:, None]
         if self.rot is not None:
-            g = g @ self.rot.T.astype(np.float32)
-        return g / np.linalg.norm(g, axis=1, keepdims=True)
+            g = self.rot.astype(np.float32) @ g
+        return g * (1 / np.sqrt(g[0] * g[0] + g[1] * g[1] + g[2] * g[2]))[None, :]
 
 
-def _hair_cover(p: IdentityParams):
+def _hair_cover(p: IdentityParams, lift: float = 0.0):
     style = p.hair_style
     if style == "bald":
 
@@ -728,7 +742,7 @@ def _hair_cover(p: IdentityParams):
             return (qy < 0.05) & (qy > -0.5) & (qz < -0.05 - 0.5 * qy)
 
         return cover
-    fy, part, temple, peak = p.hairline, p.hair_part, p.hair_temple, p.hair_peak
+    fy, part, temple, peak = p.hairline + lift, p.hair_part, p.hair_temple, p.hair_peak
     nape = {"short": -0.5, "buzz": -0.5, "afro": -0.45, "bun": -0.55, "ponytail": -0.55}.get(style, -0.75)
     zb, zf = (-0.45, 0.35) if style in ("short", "buzz", "bun", "ponytail", "afro") else (-0.1, 0.55)
 
@@ -766,7 +780,8 @@ def _build_scene(p: IdentityParams, ip: ImageParams, L: _Layout | None = None) -
         add(_Prim(f"eye{k}", "eye", L.eye_c[k], np.full(3, L.eye_r)))
         add(_Prim(f"lid{k}", "lid", L.eye_c[k], np.full(3, L.eye_r * 1.09), _rot_z(-s * p.eye_tilt), lid_cover))
     # hair
-    add(_Prim("hair", "hair", L.hair_c, L.hair_r, None, _hair_cover(p)))
+    for k, (hc, hr, lift) in enumerate(L.hair_layers):
+        add(_Prim(f"hair{k}" if k else "hair", "hair", hc, hr, None, _hair_cover(p, lift)))
     if p.hair_style == "long":
         hl = p.hair_length
         c = np.array([0.0, L.skull_c[1] - 0.13 * hl, L.skull_c[2] - 0.035])
@@ -800,39 +815,37 @@ def _build_scene(p: IdentityParams, ip: ImageParams, L: _Layout | None = None) -
             bridge = (np.abs(x) < cx0 - gr * 0.9) & (np.abs(y - cy0 - 0.25 * gr) < 0.5 * th)
             return rim | bridge
 
-        xa = cx0 + 1.08 * gr
-        xs_abs = max(xa, L.half_width_at(cy0, 0.02) + 0.006)
+        xa = cx0 + 1.1 * gr  # hinges at the outer rims, then arms straight back to the ears
 
-        def rims_and_ends(x, y, _rims=rims):
+        def rims_and_hinges(x, y, _rims=rims):
             ax = np.abs(x)
-            end = (ax > cx0 + 0.9 * gr) & (ax < xs_abs) & (np.abs(y - cy0 - 0.2 * gr) < 0.55 * th)
-            return _rims(x, y) | end
+            hinge = (ax > cx0 + 0.9 * gr) & (ax < xa) & (np.abs(y - cy0 - 0.2 * gr) < 0.55 * th)
+            return _rims(x, y) | hinge
 
         add(
             _Prim(
                 "glasses",
                 "frame",
-                plane=(2, zg),
-                region=rims_and_ends,
-                bound=np.array([[-xs_abs, cy0 - gr, zg - 1e-3], [xs_abs, cy0 + gr, zg + 1e-3]]),
+                plane=((0.0, 0.0, zg), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+                region=rims_and_hinges,
+                bound=np.array([[-xa, cy0 - gr, zg - 1e-3], [xa, cy0 + gr, zg + 1e-3]]),
             )
         )
-        z_ear = L.ear_c[0][2]
+        z_ear = L.ear_c[0][2] + 0.01
+        x_ear = L.half_width_at(cy0, z_ear) + 0.006
+        ya = cy0 + 0.2 * gr
         for k, s in enumerate((-1.0, 1.0)):
-            xs = s * xs_abs
+            H = np.array([s * xa, ya, zg])
+            E = np.array([s * x_ear, ya, z_ear])
+            length = float(np.linalg.norm(E - H))
+            ea = (E - H) / length
 
-            def arm(y, z, _zg=zg, _ze=z_ear):
-                return (np.abs(y - cy0 - 0.2 * gr) < 0.55 * th) & (z < _zg) & (z > _ze)
+            def arm(a, b, _len=length):
+                return (np.abs(b) < 0.55 * th) & (a > 0) & (a < _len)
 
-            add(
-                _Prim(
-                    f"glasses_arm{k}",
-                    "frame",
-                    plane=(0, xs),
-                    region=arm,
-                    bound=np.array([[xs - 1e-3, cy0 - gr, z_ear], [xs + 1e-3, cy0 + gr, zg]]),
-                )
-            )
+            lo = np.minimum(H, E) - np.array([1e-3, th, 1e-3])
+            hi = np.maximum(H, E) + np.array([1e-3, th, 1e-3])
+            add(_Prim(f"glasses_arm{k}", "frame", plane=(H, ea, (0.0, 1.0, 0.0)), region=arm, bound=np.stack([lo, hi])))
     if ip.occluder:
         ox, oy, oz = ip.occluder_center
         ca, sa = math.cos(ip.occluder_angle), math.sin(ip.occluder_angle)
@@ -856,7 +869,7 @@ def _build_scene(p: IdentityParams, ip: ImageParams, L: _Layout | None = None) -
             _Prim(
                 "occluder",
                 "occluder",
-                plane=(2, oz),
+                plane=((0.0, 0.0, oz), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
                 region=occ,
                 bound=np.array([[ox - ext, oy - ext, oz - 1e-3], [ox + ext, oy + ext, oz + 1e-3]]),
             )
@@ -892,6 +905,11 @@ def _skin_albedo(P, p: IdentityParams, ip: ImageParams, L: _Layout, features: bo
         bc = np.exp(-(((ax - p.eye_spacing - 0.01) / 0.035) ** 2 + ((y - L.eye_y + 0.065) / 0.028) ** 2))
         w = (p.blush * bc * front)[:, None]
         col = col * (1 - w) + w * _f32((0.9, 0.45, 0.45)) * col * 1.3
+    # moles
+    for mx, my_, mr in p.moles:
+        d2 = (x - mx) ** 2 + (y - my_) ** 2
+        w = (np.clip((mr * mr - d2) / (mr * mr * 0.4), 0, 1) * front)[:, None]
+        col = col * (1 - w) + w * skin * _f32((0.35, 0.25, 0.22))
     # beard
     hair = _f32(p.hair_color)
     my = L.mouth_y
@@ -900,8 +918,9 @@ def _skin_albedo(P, p: IdentityParams, ip: ImageParams, L: _Layout, features: bo
         chin_bottom = L.chin_c[1] - L.chin_r[1] - 0.015
         if p.beard_style in ("stubble", "full"):
             top = np.minimum(my + 0.02 + 0.5 * np.maximum(ax - mw, 0), L.nose_tip_y - 0.012)
-            lower = _band(y, chin_bottom, top, 0.008) * np.clip((z - 0.04) / 0.04, 0, 1)
-            amt = 0.35 if p.beard_style == "stubble" else 0.92
+            soft = 0.02 if p.beard_style == "stubble" else 0.008
+            lower = _band(y, chin_bottom, top, soft) * np.clip((z - 0.04) / 0.04, 0, 1)
+            amt = 0.3 if p.beard_style == "stubble" else 0.92
             w = (amt * lower)[:, None]
         elif p.beard_style == "mustache":
             w = (0.92 * _band(y, my + 0.004, my + p.upper_lip + 0.02, 0.003) * (ax < mw * 1.15) * front)[:, None]
@@ -912,11 +931,6 @@ def _skin_albedo(P, p: IdentityParams, ip: ImageParams, L: _Layout, features: bo
         if p.beard_style in ("full", "goatee", "mustache"):
             w = w * (0.85 + 0.15 * np.sin(x * 900.0 + y * 300.0)[:, None])
         col = col * (1 - w) + w * hair
-    # moles
-    for mx, my_, mr in p.moles:
-        d2 = (x - mx) ** 2 + (y - my_) ** 2
-        w = (np.clip((mr * mr - d2) / (mr * mr * 0.4), 0, 1) * front)[:, None]
-        col = col * (1 - w) + w * skin * _f32((0.35, 0.25, 0.22))
     # brows: a slanted arch above each eye
     bl = p.brow_length
     bx = (ax - p.eye_spacing) / bl  # -1 (inner end) .. 1 (outer end)
@@ -997,19 +1011,21 @@ def _albedo(prim: _Prim, P, q, back, p: IdentityParams, ip: ImageParams, L: _Lay
         hair = _f32(p.hair_color)
         qx, qy, qz = q[:, 0], q[:, 1], q[:, 2]
         phi = np.arctan2(qx, qz + 0.35)
-        streak = 0.88 + 0.12 * np.sin(phi * p.hair_strand_freq + 3.0 * qy)
+        streak = 0.92 + 0.08 * np.sin(phi * p.hair_strand_freq + 3.0 * qy)
         if p.hair_style == "afro":
             streak = 0.9 + 0.1 * np.sin(qx * 60) * np.sin(qy * 60) * np.sin(qz * 60 + 1)
         col = hair[None, :] * streak[:, None]
         if p.hair_style == "buzz":
             col = col * 0.7 + 0.3 * _f32(p.skin_color)
         if back is not None:
-            col = np.where(back[:, None], col * np.float32(0.55), col)
+            col = np.where(back[:, None], col * np.float32(0.7), col)
         return col
     if m == "frame":
         return np.broadcast_to(_f32(p.glasses_color), (n, 3)).copy()
     if m == "occluder":
         return np.broadcast_to(_f32(ip.occluder_color), (n, 3)).copy()
+    if m == "marker":
+        return np.broadcast_to(_f32(prim.color), (n, 3)).copy()
     raise ValueError(m)
 
 
@@ -1018,34 +1034,39 @@ def _albedo(prim: _Prim, P, q, back, p: IdentityParams, ip: ImageParams, L: _Lay
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _blend_normals(P, N, group, tau: float = 0.012):
-    """Smooth-union shading: blend the normals of every skin ellipsoid near each point (weights decay with an
-    approximate distance to that ellipsoid), so the creases of the union shade smoothly. Also returns a crease
-    factor in [0, 1] (how much a second surface is nearby) used as a cheap ambient occlusion."""
-    n = P.shape[0]
-    acc = np.zeros((n, 3), dtype=np.float32)
-    wsum = np.zeros(n, dtype=np.float32)
-    wmax = np.zeros(n, dtype=np.float32)
-    reach = 5 * tau
-    for g in group:
-        lo, hi = g.bound
-        near = np.all((P > (lo - reach).astype(np.float32)) & (P < (hi + reach).astype(np.float32)), axis=1)
+_BLEND_TAU = 0.012
+
+
+def _blend_normals(Pt, Nt, neighbours, tau: float = _BLEND_TAU):
+    """Smooth-union shading: blend a skin point's normal [3, n] with the normals of the neighbouring skin
+    ellipsoids (weights decay with an approximate distance to each), so the creases of the union shade smoothly.
+    Also returns a crease factor in [0, 1] (how much a second surface is near) used as a cheap occlusion term."""
+    acc = Nt.copy()
+    wsum = np.ones(Nt.shape[1], dtype=np.float32)
+    reach = np.float32(5 * tau)
+    for g in neighbours:
+        lo, hi = g.bound.astype(np.float32)
+        near = (
+            (Pt[0] > lo[0] - reach) & (Pt[0] < hi[0] + reach) & (Pt[1] > lo[1] - reach) & (Pt[1] < hi[1] + reach)
+            & (Pt[2] > lo[2] - reach) & (Pt[2] < hi[2] + reach)
+        )
         if not near.any():
             continue
         idx = np.nonzero(near)[0]
-        Pn = P[idx]
-        q = g.local(Pn)
-        rho = np.sqrt(np.sum(q * q, axis=1))
-        f = np.maximum(rho - 1, 0) * np.float32(g.r.min())
-        w = np.exp(-f / np.float32(tau))
-        acc[idx] += w[:, None] * g.normal(Pn, q)
+        q = g.local(Pt[:, idx])
+        rho = np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2])
+        w = np.exp(np.maximum(rho - 1, 0) * np.float32(-g.r.min() / tau))
+        keep = w > 1e-3
+        if not keep.all():
+            idx, q, w = idx[keep], q[:, keep], w[keep]
+        acc[:, idx] += w[None, :] * g.normal(q)
         wsum[idx] += w
-        wmax[idx] = np.maximum(wmax[idx], w)
-    ok = wsum > 0
-    out = np.where(ok[:, None], acc, N)
-    out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-8)
-    crease = np.clip(wsum - wmax, 0, 1)
-    return out.astype(np.float32), crease
+    acc *= (1 / np.maximum(np.sqrt(acc[0] * acc[0] + acc[1] * acc[1] + acc[2] * acc[2]), 1e-8))[None, :]
+    return acc, np.clip(wsum - 1, 0, 1)
+
+
+def _boxes_touch(a: "_Prim", b: "_Prim", margin: float) -> bool:
+    return bool(np.all(a.bound[0] - margin < b.bound[1]) and np.all(b.bound[0] - margin < a.bound[1]))
 
 
 def _pixel_box(prim: _Prim, c, S: int):
@@ -1070,6 +1091,8 @@ def render(
     resolution: int = 128,
     supersample: int = 2,
     return_aux: bool = False,
+    markers: Iterable | None = None,
+    draw_head: bool = True,
 ):
     """Ray-cast one image.
 
@@ -1080,7 +1103,10 @@ def render(
             sub-rays is exactly EG3D's pixel-centre ray, so ground truth stays aligned).
         return_aux: also return a dict with ``depth`` [R, R] float32 (mean distance along the unit ray over the
             pixel's foreground sub-rays, 0 for background), ``mask`` [R, R] float32 (foreground coverage,
-            occluder included) and ``occluder_mask`` [R, R] float32.
+            occluder included), ``occluder_mask`` and ``marker_mask`` [R, R] float32 coverages.
+        markers: optional extra flat-coloured spheres ``[(center_xyz, radius, rgb), ...]`` (world frame), e.g. to
+            check the camera convention or to visualize 3D points. draw_head: False renders only the occluder
+            (if any) and the markers over the background.
 
     Returns:
         uint8 [R, R, 3] image, or (image, aux).
@@ -1092,6 +1118,12 @@ def render(
     o, Dx, Dy, Dz = _ray_dirs(c, S)
     L = _Layout(identity)
     prims = _build_scene(identity, image_params, L)
+    if not draw_head:
+        prims = [pr for pr in prims if pr.material == "occluder"]
+    for m_center, m_radius, m_color in markers or ():
+        mk = _Prim("marker", "marker", np.asarray(m_center, dtype=np.float64), np.full(3, float(m_radius)))
+        mk.color = tuple(float(v) for v in m_color)
+        prims.append(mk)
 
     tbuf = np.full((S, S), np.inf, dtype=np.float32)
     pid = np.full((S, S), -1, dtype=np.int16)
@@ -1136,32 +1168,34 @@ def render(
         ii, jj = np.nonzero(sel_local)
         ii = ii + box[0].start
         jj = jj + box[1].start
-        t = tbuf[ii, jj][:, None]
-        d = np.stack([Dx[ii, jj], Dy[ii, jj], Dz[ii, jj]], axis=1)
-        P = o32 + t * d
-        q = prim.local(P) if prim.plane is None else P
-        N = prim.normal(P, q)
+        t = tbuf[ii, jj]
+        dt = np.stack([Dx[ii, jj], Dy[ii, jj], Dz[ii, jj]])  # [3, n]
+        Pt = o32[:, None] + t[None, :] * dt
+        qt = prim.local(Pt) if prim.plane is None else Pt
+        Nt = prim.normal(qt)
         crease = None
         if prim.material in ("skin", "nose_tip"):
-            N, crease = _blend_normals(P, N, skin_group)
+            nb = [g for g in skin_group if g is not prim and _boxes_touch(prim, g, 5 * _BLEND_TAU)]
+            Nt, crease = _blend_normals(Pt, Nt, nb)
         bk = back[ii, jj] if prim.cover is not None else None
         if bk is not None:
-            N = np.where(bk[:, None], -N, N)
+            Nt = np.where(bk[None, :], -Nt, Nt)
         if prim.plane is not None:  # two-sided planes face the camera
-            N = np.where((np.sum(N * d, axis=1) > 0)[:, None], -N, N)
-        albedo = _albedo(prim, P, q, bk, identity, image_params, L)
-        ndl = N @ Ld
-        lam = np.clip((ndl + 0.2) / 1.2, 0, 1)[:, None]
-        shade = albedo * (amb + dif * lam) * light_col
+            Nt = np.where(((Nt * dt).sum(0) > 0)[None, :], -Nt, Nt)
+        albedo = _albedo(prim, Pt.T, qt.T, bk, identity, image_params, L)
+        ndl = Ld @ Nt
+        lam = np.clip((ndl + 0.2) / 1.2, 0, 1)
+        f = amb + dif * lam
         if crease is not None:
-            shade = shade * (1 - 0.08 * crease)[:, None]
+            f = f * (1 - 0.08 * crease)
+        shade = albedo * (f[:, None] * light_col) if prim.material != "marker" else albedo
         if prim.material in ("eye", "frame", "occluder", "hair") or prim.name == "nose_tip":
-            h = Ld - d
-            h = h / np.linalg.norm(h, axis=1, keepdims=True)
+            h = Ld[:, None] - dt
+            nh = (h[0] * Nt[0] + h[1] * Nt[1] + h[2] * Nt[2]) / np.sqrt(h[0] * h[0] + h[1] * h[1] + h[2] * h[2])
             ks, expo = {"eye": (0.7, 60.0), "frame": (0.5, 40.0), "occluder": (0.25, 20.0), "hair": (0.12, 12.0)}.get(
                 prim.material, (0.12, 20.0)
             )
-            spec = ks * np.clip(np.sum(N * h, axis=1), 0, 1) ** expo
+            spec = ks * np.clip(nh, 0, 1) ** expo
             shade = shade + (spec[:, None] * light_col)
         img[ii, jj] = shade
 
@@ -1179,7 +1213,10 @@ def render(
     depth = np.where(cnt > 0, depth_sum / np.maximum(cnt, 1), 0).astype(np.float32)
     mask = (cnt / float(ss * ss)).astype(np.float32)
     occ = occm.reshape(resolution, ss, resolution, ss).mean(axis=(1, 3)).astype(np.float32)
-    return out, {"depth": depth, "mask": mask, "occluder_mask": occ}
+    mk_k = [k for k, pr in enumerate(prims) if pr.material == "marker"]
+    mkm = np.isin(pid, mk_k) if mk_k else np.zeros_like(fg)
+    mkc = mkm.reshape(resolution, ss, resolution, ss).mean(axis=(1, 3)).astype(np.float32)
+    return out, {"depth": depth, "mask": mask, "occluder_mask": occ, "marker_mask": mkc}
 
 
 def render_image(seed: int, identity_id: int, image_index: int, resolution: int = 128, split: str = "train", **kw):
