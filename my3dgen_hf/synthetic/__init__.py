@@ -18,18 +18,18 @@ from .synthheads import (
 )
 
 __all__ = [
-    "SYNTHHEADS_VERSION",
-    "HAIR_STYLES",
     "BEARD_STYLES",
+    "HAIR_STYLES",
+    "SYNTHHEADS_VERSION",
     "IdentityParams",
     "ImageParams",
-    "sample_identity",
-    "sample_image_params",
     "camera_label_from_pose",
     "camera_rays",
-    "project_points",
+    "export_dataset",
     "head_landmarks",
+    "project_points",
     "render",
     "render_image",
-    "export_dataset",
+    "sample_identity",
+    "sample_image_params",
 ]

@@ -1,6 +1,6 @@
 """SynthHeads: a procedural 3D world of cartoon heads with exact EG3D cameras and full ground truth.
 
-Every head is an analytic union of primitives (ellipsoids for skull, cheeks, jaw, chin, nose, ears, neck and
+Every head is an analytic union of primitives (ellipsoids for skull, face, jaw, chin, nose, ears, neck and
 eyeballs; clipped ellipsoid shells for hair and eyelids; planes for glasses and occluders) plus surface
 textures (brows, lips/mouth/teeth, nostrils, moles, beards, hair strands, irises). The head sits in the world
 frame EG3D uses (y up, face toward +z, centred near the pivot (0, 0, 0.2), inside [-0.5, 0.5]^3) and never
@@ -20,27 +20,28 @@ import json
 import math
 import os
 import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
-    "SYNTHHEADS_VERSION",
-    "HAIR_STYLES",
     "BEARD_STYLES",
+    "HAIR_STYLES",
+    "SYNTHHEADS_VERSION",
     "IdentityParams",
     "ImageParams",
-    "sample_identity",
-    "sample_image_params",
     "camera_label_from_pose",
     "camera_rays",
-    "project_points",
+    "export_dataset",
     "head_landmarks",
+    "project_points",
     "render",
     "render_image",
-    "export_dataset",
+    "sample_identity",
+    "sample_image_params",
 ]
 
 SYNTHHEADS_VERSION = "1.0"
@@ -130,7 +131,7 @@ class IdentityParams:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "IdentityParams":
+    def from_dict(cls, d: dict) -> IdentityParams:
         return cls(**{k: _tupleize(v) for k, v in d.items()})
 
 
@@ -167,7 +168,7 @@ class ImageParams:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageParams":
+    def from_dict(cls, d: dict) -> ImageParams:
         return cls(**{k: _tupleize(v) for k, v in d.items()})
 
     def camera_label(self, focal: float = FFHQ_FOCAL) -> np.ndarray:
@@ -201,10 +202,6 @@ def _r(x: float, nd: int = 5) -> float:
 
 def _rc(c) -> Color:
     return tuple(_r(min(max(v, 0.0), 1.0), 4) for v in c)
-
-
-def _mix(a, b, t):
-    return tuple((1 - t) * x + t * y for x, y in zip(a, b))
 
 
 _SKIN_RAMP = np.array(
@@ -370,7 +367,7 @@ def sample_image_params(
 
     ``yaw_range``/``pitch_range`` are either a half range (uniform in [-r, r]) or a (lo, hi) pair.
     """
-    code = _SPLIT_CODE.get(split, abs(hash(split)) % 1000 + 2)
+    code = _SPLIT_CODE.get(split, zlib.crc32(split.encode()) % 100000 + 2)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(identity_id), int(image_index), code, 0x1A])
     u = rng.uniform
 
@@ -1065,7 +1062,7 @@ def _blend_normals(Pt, Nt, neighbours, tau: float = _BLEND_TAU):
     return acc, np.clip(wsum - 1, 0, 1)
 
 
-def _boxes_touch(a: "_Prim", b: "_Prim", margin: float) -> bool:
+def _boxes_touch(a: _Prim, b: _Prim, margin: float) -> bool:
     return bool(np.all(a.bound[0] - margin < b.bound[1]) and np.all(b.bound[0] - margin < a.bound[1]))
 
 
