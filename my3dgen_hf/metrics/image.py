@@ -1,8 +1,11 @@
 """Pixel-level image metrics in plain torch: PSNR, SSIM and MS-SSIM.
 
-All functions take batches ``[N, C, H, W]`` and return one value per image (``[N]``). ``data_range`` is the
-width of the value range: ``2.0`` for images in ``[-1, 1]`` (this project's convention, the default) and
-``1.0`` for ``[0, 1]``, ``255`` for uint8-valued floats.
+All functions take batches ``[N, C, H, W]`` and return one value per image (``[N]``).
+
+* PSNR depends only on differences: ``data_range`` is the width of the value range, ``2.0`` for images in
+  ``[-1, 1]`` (this project's convention, the default), ``1.0`` for ``[0, 1]``, ``255`` for uint8-valued floats.
+* SSIM's luminance term is not invariant to an offset, so SSIM/MS-SSIM take ``value_range`` (default ``(-1, 1)``)
+  and map the images to ``[0, 1]`` first: the result equals the usual SSIM of the ``[0, 1]`` (or uint8) image.
 
 SSIM follows Wang et al. (2004): an 11-tap Gaussian window with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``,
 population (not sample) statistics, the map averaged over the "valid" region (no padding) and over channels.
@@ -17,7 +20,7 @@ pixels for five scales) use as many scales as fit, with the leading weights reno
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,17 +78,28 @@ def _ssim_and_cs(x, y, data_range, win, k1, k2):
     return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
+def _to_unit(x: torch.Tensor, value_range: Tuple[float, float]) -> torch.Tensor:
+    lo, hi = value_range
+    if (lo, hi) == (0.0, 1.0) or (lo, hi) == (0, 1):
+        return x
+    return (x - lo) / (hi - lo)
+
+
 def ssim(
     x: torch.Tensor,
     y: torch.Tensor,
-    data_range: float = 2.0,
+    value_range: Tuple[float, float] = (-1.0, 1.0),
     win_size: int = 11,
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """Structural similarity per image (mean over the valid region and channels), differentiable."""
+    """Structural similarity per image (mean over the valid region and channels), differentiable.
+
+    Images in ``value_range`` are mapped to ``[0, 1]`` (data range 1) first.
+    """
     _check_pair(x, y)
+    x, y, data_range = _to_unit(x, value_range), _to_unit(y, value_range), 1.0
     if min(x.shape[-2:]) < win_size:
         raise ValueError(f"images must be at least {win_size} pixels on each side for SSIM, got {tuple(x.shape)}")
     win = gaussian_window(win_size, sigma, dtype=x.dtype, device=x.device)
@@ -96,7 +110,7 @@ def ssim(
 def ms_ssim(
     x: torch.Tensor,
     y: torch.Tensor,
-    data_range: float = 2.0,
+    value_range: Tuple[float, float] = (-1.0, 1.0),
     win_size: int = 11,
     sigma: float = 1.5,
     weights: Sequence[float] = MS_SSIM_WEIGHTS,
@@ -106,9 +120,11 @@ def ms_ssim(
     """Multi-scale SSIM per image, in ``[0, 1]`` (negative contrast terms are clipped to 0 as in pytorch_msssim).
 
     Uses ``len(weights)`` scales when the image is large enough (smaller side > ``(win_size-1) * 2**(scales-1)``),
-    otherwise as many as fit, the leading weights renormalised. Differentiable.
+    otherwise as many as fit, the leading weights renormalised. Images in ``value_range`` are mapped to ``[0, 1]``
+    first. Differentiable.
     """
     _check_pair(x, y)
+    x, y, data_range = _to_unit(x, value_range), _to_unit(y, value_range), 1.0
     side = min(x.shape[-2:])
     levels = _num_ms_ssim_scales(side, win_size, len(weights))
     if side < win_size:
