@@ -40,11 +40,16 @@ class Superresolution(nn.Module):
         sr_antialias: bool,
         w_dim: int = 512,
         fused_modconv_default="inference_only",
+        block_channels=None,
         **block_kwargs,
     ):
+        """``block_channels`` (c0, c1) overrides the original's fixed block widths (e.g. (128, 64) for 2X); only
+        for new small models, since released checkpoints need the original widths."""
         super().__init__()
         self.variant = sr_module_name(variant)
         in_res, (c0, r0, up0), (c1, r1), has_filter, only_up = _SR_SPECS[self.variant]
+        if block_channels is not None:
+            c0, c1 = (int(c) for c in block_channels)
         if img_resolution != r1:
             raise ValueError(f"{self.variant} produces {r1}x{r1} images, but img_resolution is {img_resolution}")
         block_kwargs.pop("channel_base", None)  # ignored by the original SR modules

@@ -12,8 +12,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..assets import resolve_pretrained
 from ..eg3d.camera import DEFAULT_FOV_DEG, frontal_conditioning_label, orbit_camera_labels, sample_camera_label
 from ..eg3d.generator import EG3DGenerator
+from ..lora.loader import EG3DLoraLoaderMixin
 from ..utils.export import export_mesh, marching_cubes_mesh, sample_grid, to_uint8, write_video
 from ..utils.io import PathLike
 
@@ -30,12 +32,19 @@ class EG3DPipelineOutput(BaseOutput):
     ws: Optional[torch.Tensor] = None
 
 
-class EG3DPipeline(DiffusionPipeline):
+class EG3DPipeline(DiffusionPipeline, EG3DLoraLoaderMixin):
+    """Render an EG3D prior (with identity adapters). ``EG3DPipeline.from_pretrained("my3dgen-hf/demo-synthheads")``
+    loads the shipped demo prior without network; a local folder or another Hub id loads the same way."""
+
     model_cpu_offload_seq = "generator"
 
     def __init__(self, generator: EG3DGenerator):
         super().__init__()
         self.register_modules(generator=generator)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        return super().from_pretrained(resolve_pretrained(pretrained_model_name_or_path), **kwargs)
 
     # ----------------------------------------------------------------------------------------------- latents
     def _z(self, seed, latents, num_images):
