@@ -101,10 +101,13 @@ def test_extract_mesh_exports_ply_and_glb(pipe, tmp_path):
 def test_marching_cubes_of_analytic_sphere():
     from my3dgen_hf.utils.export import marching_cubes_mesh, sample_grid
 
-    vol = sample_grid(lambda p: 0.3 - p.norm(dim=-1), 48, [-0.5] * 3, [0.5] * 3)
-    mesh = marching_cubes_mesh(vol, 0.0, [-0.5] * 3, [0.5] * 3)
+    density = sample_grid(lambda p: 0.3 - p.norm(dim=-1), 48, [-0.5] * 3, [0.5] * 3)
+    mesh = marching_cubes_mesh(density, 0.0, [-0.5] * 3, [0.5] * 3, inside="above")
     radii = np.linalg.norm(mesh.vertices, axis=1)
     assert abs(radii.mean() - 0.3) < 0.01 and radii.std() < 0.01
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.3**3, rel=0.03)  # positive: faces point outward
+    sdf = marching_cubes_mesh(-density, 0.0, [-0.5] * 3, [0.5] * 3)
+    assert sdf.volume == pytest.approx(mesh.volume)
 
 
 def test_convert_cli_writes_loadable_pipeline(eg3d_fixture_dir, tmp_path):

@@ -193,7 +193,7 @@ class EG3DPipeline(DiffusionPipeline, EG3DLoraLoaderMixin):
             volume[tuple(idx)] = floor
             idx[axis] = slice(resolution - pad, resolution)
             volume[tuple(idx)] = floor
-        mesh = marching_cubes_mesh(volume, level, [-half] * 3, [half] * 3)
+        mesh = marching_cubes_mesh(volume, level, [-half] * 3, [half] * 3, inside="above")
         if output_path is not None:
             export_mesh(mesh, output_path)
         return mesh

@@ -29,8 +29,13 @@ def sample_grid(
     return values.reshape(resolution, resolution, resolution).numpy()
 
 
-def marching_cubes_mesh(volume: np.ndarray, level: float, bbox_min: Sequence[float], bbox_max: Sequence[float]):
-    """Iso-surface of ``volume`` (indexed x, y, z) at ``level`` as a ``trimesh.Trimesh`` in world coordinates."""
+def marching_cubes_mesh(
+    volume: np.ndarray, level: float, bbox_min: Sequence[float], bbox_max: Sequence[float], inside: str = "below"
+):
+    """Iso-surface of ``volume`` (indexed x, y, z) at ``level`` as a ``trimesh.Trimesh`` in world coordinates, with
+    outward-facing triangles. ``inside="below"`` for SDFs (negative inside), ``"above"`` for densities."""
+    if inside not in ("below", "above"):
+        raise ValueError(f"inside must be 'below' (SDF) or 'above' (density), got {inside!r}")
     import trimesh
     from skimage.measure import marching_cubes
 
@@ -40,7 +45,9 @@ def marching_cubes_mesh(volume: np.ndarray, level: float, bbox_min: Sequence[flo
     bbox_min = np.asarray(bbox_min, dtype=np.float64)
     spacing = (np.asarray(bbox_max, dtype=np.float64) - bbox_min) / (np.asarray(volume.shape) - 1)
     verts, faces, normals, _ = marching_cubes(volume, level=level, spacing=tuple(spacing))
-    return trimesh.Trimesh(vertices=verts + bbox_min, faces=faces, vertex_normals=normals, process=False)
+    if inside == "above":  # skimage orients faces toward decreasing values: flip them to face outward
+        faces, normals = faces[:, ::-1], -normals
+    return trimesh.Trimesh(vertices=verts + bbox_min, faces=np.ascontiguousarray(faces), vertex_normals=normals, process=False)
 
 
 def export_mesh(mesh, path: PathLike) -> Path:
