@@ -1,0 +1,157 @@
+"""Measure the shipped SynthHeads demo prior (the figures its model card reports).
+
+    python benchmarks/demo_prior_eval.py --out outputs/demo_prior_eval [--quick]
+
+1. A 16-seed sample grid at yaw -0.35 / 0 / +0.35 (look at it).
+2. Frechet distance between identity-encoder features of N prior samples and N SynthHeads images, next to the
+   same figure for a randomly initialized generator and for two disjoint SynthHeads halves.
+3. Capacity and 3D: for held-out identities, W-space inversion of one frontal image; PSNR/SSIM at the input view,
+   PSNR/SSIM against ground-truth renders at yaw +-0.35, ID similarity (identity encoder) of novel views vs truth.
+Writes ``results.json`` and ``results.md`` to ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import linalg
+
+from my3dgen_hf import EG3DGenerator, EG3DPipeline
+from my3dgen_hf.eg3d.camera import sample_camera_label
+from my3dgen_hf.metrics import psnr, ssim
+from my3dgen_hf.synthetic import render, sample_identity, sample_image_params
+
+HELD_OUT_OFFSET = 1_000_000  # SynthHeads identity ids never used in training
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1).float()[None] / 127.5 - 1
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+@torch.no_grad()
+def embed(encoder, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    return torch.cat([encoder(images[i : i + batch]) for i in range(0, len(images), batch)]).numpy()
+
+
+@torch.no_grad()
+def prior_samples(pipe, n: int, seed: int, truncation_psi: float = 1.0) -> torch.Tensor:
+    """n samples at random poses in the paper's range (yaw +-0.35, pitch +-0.25)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, 16):
+        k = min(16, n - i)
+        z = torch.randn(k, pipe.generator.z_dim, generator=g)
+        yaw, pitch = (torch.rand(k, generator=g) * 2 - 1) * 0.35, (torch.rand(k, generator=g) * 2 - 1) * 0.25
+        ws = pipe.get_ws(latents=z, truncation_psi=truncation_psi)
+        out.append(pipe.generator.synthesis(ws, pipe.camera(yaw, pitch), noise_mode="const")["image"].clamp(-1, 1))
+    return torch.cat(out)
+
+
+def synthheads_images(n: int, offset: int, resolution: int, seed: int = 0) -> torch.Tensor:
+    imgs = []
+    for i in range(n):
+        ident = sample_identity(seed, offset + i)
+        ip = sample_image_params(seed, offset + i, 0, split="test", yaw_range=0.35, pitch_range=0.25, occluder_prob=0.0)
+        imgs.append(to_tensor(render(ident, ip, resolution=resolution)))
+    return torch.cat(imgs)
+
+
+def sample_grid(pipe, path: Path, seeds=range(16), yaws=(-0.35, 0.0, 0.35)):
+    rows = []
+    for s in seeds:
+        rows.append(np.concatenate(list(pipe(seed=s, yaw=list(yaws), output_type="np").images), axis=1))
+    # 16 rows x 3 views -> 4 x 4 blocks of 3 views for a compact picture
+    blocks = [np.concatenate(rows[i : i + 4], axis=0) for i in range(0, len(rows), 4)]
+    Image.fromarray(np.concatenate(blocks, axis=1)).save(path)
+
+
+def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache_dir: Path):
+    from my3dgen_hf.personalization import project_to_w
+
+    rows = []
+    for k in range(n_ids):
+        iid = HELD_OUT_OFFSET + 500 + k
+        ident = sample_identity(0, iid)
+        ip = sample_image_params(0, iid, 0, split="test", occluder_prob=0.0)
+        ip = dataclasses.replace(ip, yaw=0.0, pitch=0.0)
+        frontal = to_tensor(render(ident, ip, resolution=resolution))
+        c = torch.from_numpy(ip.camera_label()).float()[None]
+        ws = project_to_w(pipe, frontal, c, steps=steps, cache_dir=cache_dir, progress=False)
+        with torch.no_grad():
+            rec = pipe.generator.synthesis(ws, c, noise_mode="const")["image"].clamp(-1, 1)
+            row = {"identity": iid, "psnr_input": psnr(rec, frontal).item(), "ssim_input": ssim(rec, frontal).item()}
+            for yaw in (-0.35, 0.35):
+                gt_ip = dataclasses.replace(ip, yaw=yaw)
+                gt = to_tensor(render(ident, gt_ip, resolution=resolution))
+                nv = pipe.generator.synthesis(ws, torch.from_numpy(gt_ip.camera_label()).float()[None], noise_mode="const")["image"].clamp(-1, 1)
+                row[f"psnr_yaw{yaw:+.2f}"] = psnr(nv, gt).item()
+                row[f"ssim_yaw{yaw:+.2f}"] = ssim(nv, gt).item()
+                row[f"idsim_yaw{yaw:+.2f}"] = float((encoder(nv) * encoder(gt)).sum())
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "identity"]
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}, rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="my3dgen-hf/demo-synthheads")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo_prior_eval"))
+    p.add_argument("--num_fd", type=int, default=1000)
+    p.add_argument("--num_inversions", type=int, default=20)
+    p.add_argument("--projection_steps", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="200 FD samples, 4 inversions, 100 projection steps")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.num_fd, args.num_inversions, args.projection_steps = 200, 4, 100
+    args.out.mkdir(parents=True, exist_ok=True)
+    from my3dgen_hf.synthetic.identity_encoder import load_synthheads_identity_encoder
+
+    t0 = time.time()
+    pipe = EG3DPipeline.from_pretrained(args.model)
+    G = pipe.generator.eval()
+    encoder = load_synthheads_identity_encoder().eval()
+    res = G.img_resolution
+    sample_grid(pipe, args.out / "samples_16_seeds.png")
+
+    real = synthheads_images(2 * args.num_fd, HELD_OUT_OFFSET, res)
+    f_real_a, f_real_b = embed(encoder, real[: args.num_fd]), embed(encoder, real[args.num_fd :])
+    f_prior = embed(encoder, prior_samples(pipe, args.num_fd, seed=1))
+    torch.manual_seed(0)
+    random_pipe = EG3DPipeline(generator=EG3DGenerator(**{k: v for k, v in G.config.items() if not k.startswith("_")}).eval())
+    f_random = embed(encoder, prior_samples(random_pipe, args.num_fd, seed=1))
+    fd = {
+        "prior_vs_synthheads": frechet_distance(f_prior, f_real_a),
+        "random_init_vs_synthheads": frechet_distance(f_random, f_real_a),
+        "synthheads_half_vs_half": frechet_distance(f_real_b, f_real_a),
+    }
+    inv_mean, inv_rows = inversion_eval(pipe, encoder, args.num_inversions, args.projection_steps, res, args.out / "projection_cache")
+    results = {"model": args.model, "num_fd": args.num_fd, "num_inversions": args.num_inversions, "projection_steps": args.projection_steps,
+               "frechet_identity_features": fd, "inversion": inv_mean, "inversion_rows": inv_rows, "wall_time_s": round(time.time() - t0, 1)}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        f"| Frechet distance (identity-encoder features, {args.num_fd} vs {args.num_fd}) | value |", "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in fd.items()], "",
+        f"| W-space inversion of a frontal image, {args.num_inversions} held-out identities ({args.projection_steps} steps) | mean |", "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in inv_mean.items()],
+    ]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
