@@ -46,6 +46,9 @@ TRIPLANE_CHANNELS = 32
 class EG3DGenerator(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """``EG3DGenerator(**G.init_kwargs)`` builds the original ``TriPlaneGenerator`` structure.
 
+    Beyond the original arguments: ``neural_rendering_resolution`` (an attribute set after construction in the
+    original) and ``triplane_resolution`` (fixed at 256 in the original; smaller values make small priors cheap).
+
     Inference defaults are deterministic: ``noise_mode=None`` means 'const' in eval mode ('random' in train
     mode) and ``deterministic=None`` means no ray jitter and deterministic importance sampling in eval mode.
     """
@@ -73,6 +76,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin, PeftAdapterMixin):
         conv_clamp: Optional[float] = 256,
         fused_modconv_default="inference_only",
         architecture: str = "skip",
+        triplane_resolution: int = 256,
     ):
         super().__init__()
         if img_channels != 3:
@@ -87,7 +91,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin, PeftAdapterMixin):
             z_dim,
             c_dim,
             w_dim,
-            img_resolution=256,
+            img_resolution=triplane_resolution,  # 256 in every released model; smaller for the demo prior
             img_channels=3 * TRIPLANE_CHANNELS,
             mapping_kwargs=mapping_kwargs,
             channel_base=channel_base,
