@@ -127,3 +127,20 @@ def test_convert_cli_writes_loadable_pipeline(eg3d_fixture_dir, tmp_path):
     assert convert_main([str(eg3d_fixture_dir / "network.pkl"), str(out)]) == 1
     assert convert_main([str(tmp_path / "missing.pkl"), str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_shipped_demo_prior_loads_by_name_without_network(monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the shipped prior must load without any Hub call")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    pipe = EG3DPipeline.from_pretrained("my3dgen-hf/demo-synthheads")
+    G = pipe.generator
+    assert G.img_resolution == 128 and G.backbone.mapping.w_avg.abs().sum() > 0  # w_avg was computed, not zero
+    out = pipe(seed=[0, 1], yaw=[0.0, 0.35], output_type="pt", return_depth=True)
+    assert out.images.shape == (2, 3, 128, 128) and not torch.equal(out.images[0], out.images[1])
+    rk = G.rendering_kwargs
+    assert ((out.depths > rk["ray_start"]) & (out.depths < rk["ray_end"])).float().mean() > 0.9
