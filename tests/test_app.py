@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +59,7 @@ def _req_name(line: str) -> str:
 
 
 def test_requirements_cover_pyproject_runtime_and_app_deps():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_req_name(d) for d in project["dependencies"] + project["optional-dependencies"]["app"]}
     lines = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln.strip() and not ln.strip().startswith(("#", "-"))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from ..assets import DEFAULT_EG3D_MODEL
@@ -54,14 +54,11 @@ class AppConfig:
     # Where per-session folders go (default: a fresh folder in the system temp dir, removed at exit).
     tmp_dir: Optional[str] = None
     torch_threads: int = 0  # 0: leave torch's default
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "AppConfig":
         values = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             cast = {"int": int, "float": float, "str": str, "Optional[str]": str}.get(str(f.type), str)
             default = f.default
             values[f.name] = _env(f.name.upper(), cast, default)

@@ -179,7 +179,8 @@ def personalize_tab(service: AppService, shared: Shared):
         with gr.Row():
             name = gr.Textbox(value="my_identity", label="Adapter name", max_lines=1, elem_id="adapter-name")
             rank = gr.Slider(1, cfg.max_rank, value=1, step=1, label="LoRA rank")
-            steps = gr.Slider(1, cfg.max_train_steps, value=cfg.default_train_steps, step=1, label="Training steps", elem_id="train-steps")
+            steps = gr.Slider(1, cfg.max_train_steps, value=cfg.default_train_steps, step=1, label="Training steps", elem_id="train-steps",
+                              info="more steps: closer likeness, longer wait")
             proj_steps = gr.Slider(1, cfg.max_projection_steps, value=cfg.default_projection_steps, step=1,
                                    label="Projection steps (per photo)", elem_id="proj-steps")
             seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
