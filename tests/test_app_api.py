@@ -183,7 +183,8 @@ def test_two_clients_train_at_once_without_cross_talk(app):
     assert folder.is_dir()
     a.close()
     deadline = time.time() + 30
-    while service.sessions.peek(sid) is not None and time.time() < deadline:
+    # the session is unregistered first, then closed (its job joined, its folder removed)
+    while (service.sessions.peek(sid) is not None or folder.exists()) and time.time() < deadline:
         time.sleep(0.2)
     assert service.sessions.peek(sid) is None and not folder.exists()
     assert [x["name"] for x in b.predict(api_name="/list_adapters")] == ["ben"]
