@@ -91,7 +91,24 @@ class BackboneWeightsNotFound(FileNotFoundError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class AlexNetFeatures(nn.Module):
+class _TappedFeatures(nn.Module):
+    """A ``features`` Sequential (torchvision layout) returning the activations at the layer indices ``taps``."""
+
+    features: nn.Sequential
+    taps: tuple
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                outs.append(x)
+                if i == self.taps[-1]:
+                    break
+        return outs
+
+
+class AlexNetFeatures(_TappedFeatures):
     """torchvision ``alexnet().features`` (indices 0..12); returns the 5 ReLU outputs LPIPS uses."""
 
     taps = (1, 4, 7, 9, 11)
@@ -115,16 +132,6 @@ class AlexNetFeatures(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                outs.append(x)
-                if i == self.taps[-1]:
-                    break
-        return outs
-
 
 class L2Pooling(nn.Module):
     """DISTS' L2 pooling: sqrt(hanning-blur(x^2)) with stride 2 (the filter is a non-persistent buffer)."""
@@ -143,7 +150,7 @@ class L2Pooling(nn.Module):
         return (out + 1e-12).sqrt()
 
 
-class VGG16Features(nn.Module):
+class VGG16Features(_TappedFeatures):
     """torchvision ``vgg16().features`` (indices 0..30); returns relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 
     ``pooling="l2"`` replaces the max pools at 4, 9, 16, 23 by DISTS' :class:`L2Pooling` (no state-dict change).
@@ -166,16 +173,6 @@ class VGG16Features(nn.Module):
                 layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU()]
                 c = v
         self.features = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                outs.append(x)
-                if i == self.taps[-1]:
-                    break
-        return outs
 
 
 _FEATURE_CLASSES = {"alex": AlexNetFeatures, "vgg": VGG16Features}
