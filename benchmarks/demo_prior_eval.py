@@ -24,15 +24,10 @@ from PIL import Image
 from scipy import linalg
 
 from my3dgen_hf import EG3DGenerator, EG3DPipeline
-from my3dgen_hf.eg3d.camera import sample_camera_label
-from my3dgen_hf.metrics import psnr, ssim
 from my3dgen_hf.synthetic import render, sample_identity, sample_image_params
+from my3dgen_hf.synthetic.evaluation import evaluate_inversions, ground_truth_view, to_tensor
 
 HELD_OUT_OFFSET = 1_000_000  # SynthHeads identity ids never used in training
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img).permute(2, 0, 1).float()[None] / 127.5 - 1
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,28 +76,15 @@ def sample_grid(pipe, path: Path, seeds=range(16), yaws=(-0.35, 0.0, 0.35)):
 
 
 def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache_dir: Path):
-    from my3dgen_hf.personalization import project_to_w
-
+    """W-space inversion of one frontal image per held-out identity, measured at the input and novel views."""
     rows = []
     for k in range(n_ids):
         iid = HELD_OUT_OFFSET + 500 + k
         ident = sample_identity(0, iid)
-        ip = sample_image_params(0, iid, 0, split="test", occluder_prob=0.0)
-        ip = dataclasses.replace(ip, yaw=0.0, pitch=0.0)
-        frontal = to_tensor(render(ident, ip, resolution=resolution))
-        c = torch.from_numpy(ip.camera_label()).float()[None]
-        ws = project_to_w(pipe, frontal, c, steps=steps, cache_dir=cache_dir, progress=False)
-        with torch.no_grad():
-            rec = pipe.generator.synthesis(ws, c, noise_mode="const")["image"].clamp(-1, 1)
-            row = {"identity": iid, "psnr_input": psnr(rec, frontal).item(), "ssim_input": ssim(rec, frontal).item()}
-            for yaw in (-0.35, 0.35):
-                gt_ip = dataclasses.replace(ip, yaw=yaw)
-                gt = to_tensor(render(ident, gt_ip, resolution=resolution))
-                nv = pipe.generator.synthesis(ws, torch.from_numpy(gt_ip.camera_label()).float()[None], noise_mode="const")["image"].clamp(-1, 1)
-                row[f"psnr_yaw{yaw:+.2f}"] = psnr(nv, gt).item()
-                row[f"ssim_yaw{yaw:+.2f}"] = ssim(nv, gt).item()
-                row[f"idsim_yaw{yaw:+.2f}"] = float((encoder(nv) * encoder(gt)).sum())
-        rows.append(row)
+        ip = dataclasses.replace(sample_image_params(0, iid, 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
+        img, c = ground_truth_view(ident, ip, resolution)
+        _, per_image = evaluate_inversions(pipe, img, c, [ip], ident, encoder, steps=steps, cache_dir=cache_dir)
+        rows.append({"identity": iid, **per_image[0]})
     keys = [k for k in rows[0] if k != "identity"]
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}, rows
 
