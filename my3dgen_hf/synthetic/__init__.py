@@ -1,4 +1,6 @@
-"""Synthetic data: SynthHeads, a procedural 3D head world with exact EG3D cameras and ground truth."""
+"""Synthetic data: SynthHeads, a procedural 3D head world with exact EG3D cameras and ground truth, and
+SynthObjects (``synthobjects.py``), captioned procedural chairs and tables for TuneMV3D (its ``export_dataset`` is
+``my3dgen_hf.synthetic.synthobjects.export_dataset``; the name here is SynthHeads')."""
 
 from .synthheads import (
     BEARD_STYLES,
@@ -16,6 +18,20 @@ from .synthheads import (
     sample_identity,
     sample_image_params,
 )
+from .synthobjects import (
+    ObjectParams,
+    Primitive,
+    caption,
+    chamfer_distance,
+    object_cameras,
+    object_mesh,
+    object_points,
+    object_primitives,
+    object_sdf,
+    render_primitives,
+    render_views,
+    sample_object,
+)
 
 __all__ = [
     "BEARD_STYLES",
@@ -23,13 +39,25 @@ __all__ = [
     "SYNTHHEADS_VERSION",
     "IdentityParams",
     "ImageParams",
+    "ObjectParams",
+    "Primitive",
     "camera_label_from_pose",
     "camera_rays",
+    "caption",
+    "chamfer_distance",
     "export_dataset",
     "head_landmarks",
+    "object_cameras",
+    "object_mesh",
+    "object_points",
+    "object_primitives",
+    "object_sdf",
     "project_points",
     "render",
     "render_image",
+    "render_primitives",
+    "render_views",
     "sample_identity",
     "sample_image_params",
+    "sample_object",
 ]

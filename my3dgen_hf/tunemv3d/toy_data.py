@@ -12,45 +12,18 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .cameras import orbit_cameras, pixel_rays
+from ..synthetic.synthobjects import Primitive, render_primitives
+from .cameras import orbit_cameras
 from .data import write_cameras
 
 COLOURS = {"red": (0.85, 0.15, 0.1), "green": (0.15, 0.7, 0.2), "blue": (0.15, 0.3, 0.85), "yellow": (0.9, 0.8, 0.15)}
-LIGHT = torch.nn.functional.normalize(torch.tensor([0.4, 0.8, 0.45]), dim=0)
-
-
-def _hit_sphere(o, d, radius):
-    """Ray parameter of the first hit [R] (inf on a miss) and the unit normal there [R, 3]."""
-    b = (o * d).sum(-1)
-    disc = b * b - ((o * o).sum(-1) - radius**2)
-    t = torch.where(disc > 0, -b - disc.clamp(min=0).sqrt(), torch.full_like(b, float("inf")))
-    return t, torch.nn.functional.normalize(o + t.clamp(max=1e3)[:, None] * d, dim=-1)
-
-
-def _hit_box(o, d, half):
-    """Slab test against the box |x| <= half (axis-aligned, centred)."""
-    half = torch.as_tensor(half, dtype=o.dtype)
-    inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
-    t0, t1 = (-half - o) * inv, (half - o) * inv
-    t_near = torch.minimum(t0, t1).max(-1).values
-    t_far = torch.maximum(t0, t1).min(-1).values
-    t = torch.where((t_far > t_near) & (t_far > 0), t_near, torch.full_like(t_near, float("inf")))
-    axis = torch.minimum(t0, t1).argmax(-1)
-    normal = torch.zeros_like(o)
-    normal[torch.arange(len(o)), axis] = -torch.sign(d[torch.arange(len(o)), axis])
-    return t, normal
 
 
 def render_object(shape: str, size, colour, cameras: torch.Tensor, resolution: int) -> np.ndarray:
-    """RGBA uint8 [V, R, R, 4] of one object seen from cameras [V, 25] (Lambertian, light from above)."""
-    o, d = pixel_rays(cameras, resolution, resolution)  # [V, R R, 3]
-    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    t, normal = _hit_sphere(o, d, size) if shape == "sphere" else _hit_box(o, d, size)
-    hit = torch.isfinite(t)
-    shade = 0.35 + 0.65 * (normal @ LIGHT).clamp(min=0)
-    rgb = torch.tensor(colour)[None] * shade[:, None]
-    rgba = torch.cat([torch.where(hit[:, None], rgb, torch.ones_like(rgb)), hit[:, None].float()], -1)
-    return (rgba.reshape(len(cameras), resolution, resolution, 4) * 255).round().to(torch.uint8).numpy()
+    """RGBA uint8 [V, R, R, 4] of one centred sphere (radius ``size``) or box (half extents ``size``) seen from
+    cameras [V, 25], with the shading of ``my3dgen_hf.synthetic.synthobjects`` (Lambertian, light from above)."""
+    half = (float(size),) * 3 if shape == "sphere" else tuple(float(v) for v in size)
+    return render_primitives([Primitive(shape, (0.0, 0.0, 0.0), half, tuple(colour))], cameras, resolution)
 
 
 def make_toy_dataset(
