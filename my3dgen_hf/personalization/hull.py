@@ -107,7 +107,7 @@ def interpolate_anchors(anchor_a: torch.Tensor, anchor_b: torch.Tensor, num_step
     if a.shape != b.shape:
         raise PersonalizationError(f"anchors to interpolate differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     t = torch.linspace(0, 1, num_steps, dtype=a.dtype, device=a.device)[:, None, None]
-    return a + t * (b - a)
+    return (1 - t) * a + t * b  # exact at both ends
 
 
 @torch.no_grad()
