@@ -14,6 +14,8 @@ For held-out SynthHeads identities (never seen by the demo prior) with the demo 
 - Table 4: editing (smile and eye-closing directions fit on projected SynthHeads images with ground-truth labels,
   applied in alpha space at +-``--edit_magnitude`` w_std): ID_sim of the edits.
 - Table 5: LoRA rank 1 / 4 / 16.  Table 6: 10 / 50 / 100 training images.  Fig. 9: |dW|/|W0| per block.
+- Loss ablation (Table 1's last row): rank-1 LoRA trained with L2 only, against the default L2 + perceptual term
+  (LPIPS when its weights are installed, else the 1 - MS-SSIM substitute): what the perceptual term contributes.
 - Beyond the paper: novel-view PSNR / SSIM / ID similarity against ground-truth renders at yaw -0.35 / +0.35 for
   every row where the identity's ground truth exists (inversion, inpainting, super-resolution).
 
@@ -132,6 +134,7 @@ def model_specs(args):
     specs = [("pretrained", dict(kind="pretrained")), ("full_ft", dict(kind="full", n=args.num_images)), ("lora_r1", dict(kind="lora", rank=1, n=args.num_images))]
     specs += [(f"lora_r{r}", dict(kind="lora", rank=r, n=args.num_images)) for r in args.ranks if r != 1]
     specs += [(f"lora_r1_n{n}", dict(kind="lora", rank=1, n=n)) for n in args.image_counts if n != args.num_images]
+    specs.append(("lora_r1_l2only", dict(kind="lora", rank=1, n=args.num_images, perceptual_weight=0.0)))  # what P (or its substitute) adds
     return specs
 
 
@@ -190,7 +193,8 @@ def run_identity(args, k, prior, encoder, directions, w_std, distances, distance
         row = {"trainable": 0, "train_s": 0.0}
         if spec["kind"] != "pretrained":
             res = personalize(pipe, images[:n], labels[:n], anchors_all[:n], adapter_name="person", rank=spec.get("rank", 1), steps=args.steps,
-                              full_finetune=spec["kind"] == "full", progress=False, log=lambda *a: None)
+                              full_finetune=spec["kind"] == "full", perceptual_weight=spec.get("perceptual_weight", 1.0), progress=False,
+                              log=lambda *a: None)
             row["trainable"] = res.summary.get("trainable_parameters", 0)
             row["train_s"] = round(time.time() - t0, 1)
             if name in ("lora_r1", "full_ft"):
@@ -226,7 +230,7 @@ def table(title, header, rows):
 def report(args, mean, avail, directions, importance, meta) -> str:
     g = lambda model, key: mean.get(model, {}).get(key)  # noqa: E731
     nv = ["inv.psnr_novel", "inv.ssim_novel", "inv.id_novel"]
-    names = {"pretrained": "Pretrained", "full_ft": "Full fine-tuning", "lora_r1": "LoRA rank 1 (ours)"}
+    names = {"pretrained": "Pretrained", "full_ft": "Full fine-tuning", "lora_r1": "LoRA rank 1 (ours)", "lora_r1_l2only": "LoRA rank 1, L2 only (ablation)"}
     perceptual_cols = [("dists", "DISTS"), ("lpips-alex", "LPIPS")]
     out = [f"# My3DGen tables on SynthHeads ({'quick' if args.quick else 'full'} mode)", "",
            f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Date: {meta['date']}; wall time {meta['wall_time_s'] / 60:.1f} min  ",
@@ -234,7 +238,7 @@ def report(args, mean, avail, directions, importance, meta) -> str:
            f"images each, {args.steps} tuning steps, {args.eval_steps} inversion steps, {args.hull_steps} hull-projection steps. ID_sim: SynthHeads "
            "identity encoder. Perceptual metrics: " + "; ".join(f"{k}: {'available' if v is None else 'n/a (' + v.split('.')[0] + ')'}" for k, v in avail.items()), ""]
     rows = []
-    for m in ("pretrained", "full_ft", "lora_r1"):
+    for m in ("pretrained", "full_ft", "lora_r1", "lora_r1_l2only"):
         rows.append([names[m], *[fmt(g(m, f"inv.{k}_input")) for k, _ in perceptual_cols], fmt(g(m, "inv.ms_ssim_input")), fmt(g(m, "inv.id_input")),
                      fmt(g(m, "inv.psnr_input"), 2), fmt(g(m, "trainable")), fmt(g(m, "inv.psnr_novel"), 2), fmt(g(m, "inv.ssim_novel")), fmt(g(m, "inv.id_novel"))])
     out.append(table("Table 1 - inversion of unseen images", ["model", "DISTS", "LPIPS", "1-MS-SSIM", "ID_sim", "PSNR", "trainable params",

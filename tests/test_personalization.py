@@ -65,6 +65,18 @@ def test_callback_can_stop_early():
     assert pipe.get_active_adapters() == ["identity"]
 
 
+def test_perceptual_weight_scales_the_perceptual_terms():
+    images, labels = identity_images(4)
+    pipe = tiny_prior()
+    anchors = quick_anchors(pipe, images, labels)
+    l2_only = personalize(pipe, images, labels, anchors, steps=2, batch_size=2, progress=False, perceptual_weight=0.0, log=lambda *a: None)
+    first = l2_only.losses[0]
+    assert first["perceptual"] > 0 and first["loss"] == pytest.approx(first["mse_raw"] + first["mse"], rel=1e-5)
+    assert l2_only.summary["perceptual_weight"] == 0.0 and "0 * (P(raw)" in l2_only.summary["loss"]
+    with pytest.raises(PersonalizationError, match="perceptual_weight"):
+        personalize(tiny_prior(), images, labels, anchors, steps=1, progress=False, perceptual_weight=-1.0)
+
+
 def test_output_adapter_loads_into_fresh_pipeline_and_renders_identically(tmp_path):
     pipe = tiny_prior()
     images, labels = identity_images(4)

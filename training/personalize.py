@@ -63,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="global batch (split over the processes)")
     p.add_argument("--num_images", type=int, default=50, help="use at most this many training images")
     p.add_argument("--perceptual", default="auto", help="auto (LPIPS when its weights are found, else 1 - MS-SSIM), lpips-alex, lpips-vgg, dists, ms-ssim")
+    p.add_argument("--perceptual_weight", type=float, default=1.0, help="weight of the perceptual terms (the paper: 1; 0 = L2 only)")
     p.add_argument("--projection_steps", type=int, default=DEFAULT_PROJECTION_STEPS, help="W projection steps per image")
     p.add_argument("--projection_batch_size", type=int, default=4)
     p.add_argument("--projection_cache_dir", type=Path, default=None, help=f"default: {default_cache_dir()}")
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     result = personalize(
         pipe, images, labels, anchors, adapter_name=args.adapter_name, rank=args.rank, alpha=args.alpha, steps=args.steps,
         lr=args.lr, batch_size=args.batch_size, full_finetune=args.full_finetune, output_dir=args.output_dir, seed=args.seed,
-        perceptual=args.perceptual, lora_kwargs=lora_kwargs, checkpointing_steps=args.checkpointing_steps or None,
+        perceptual=args.perceptual, perceptual_weight=args.perceptual_weight, lora_kwargs=lora_kwargs, checkpointing_steps=args.checkpointing_steps or None,
         checkpoints_total_limit=args.checkpoints_total_limit, resume_from_checkpoint=args.resume_from_checkpoint,
         validation_steps=args.validation_steps or None, accelerator=accelerator, progress=main_process, names=names,
         base_model=str(args.base_model), log=accelerator.print,

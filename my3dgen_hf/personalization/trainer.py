@@ -5,6 +5,9 @@ The loss is the paper's (``training/loss.py`` of My3DGen): for each image, with 
 
     L = MSE(raw, real_raw) + MSE(image, real) + P(raw, real_raw) + P(image, real)          (all weights 1)
 
+(``perceptual_weight`` scales the two P terms; 0 gives the L2-only ablation that measures what the perceptual term,
+or its MS-SSIM substitute, contributes.)
+
 where ``raw`` is the neural rendering, ``real_raw`` the real image downsampled to its size (bilinear, antialiased,
 EG3D's ``filtered_resizing``), and ``P`` is :func:`my3dgen_hf.metrics.perceptual_loss` (LPIPS-alex when its backbone
 weights are available, else the documented ``1 - MS-SSIM`` substitute; the summary records which one ran).
@@ -357,6 +360,7 @@ def personalize(
     seed: int = 0,
     *,
     perceptual: str = "auto",
+    perceptual_weight: float = 1.0,
     betas: tuple[float, float] = DEFAULT_BETAS,
     lora_kwargs: Optional[dict] = None,
     checkpointing_steps: Optional[int] = None,
@@ -400,6 +404,8 @@ def personalize(
             raise PersonalizationError(f"{name} must be an integer >= {low}, got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise PersonalizationError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(perceptual_weight, (int, float)) and perceptual_weight >= 0 and math.isfinite(perceptual_weight)):
+        raise PersonalizationError(f"perceptual_weight must be a number >= 0, got {perceptual_weight!r}")
     if batch_size % nproc:
         raise PersonalizationError(f"batch_size {batch_size} (the global batch) must be divisible by the number of processes ({nproc})")
     images, labels, anchors = _check_training_inputs(pipe, images, labels, anchors)
@@ -428,6 +434,8 @@ def personalize(
         "betas": list(betas), "batch_size": int(batch_size), "seed": int(seed), "num_images": len(images),
         "perceptual": loss_fn.kind, "data": _data_hash(images, labels, anchors),
     }
+    if perceptual_weight != 1.0:  # kept out of the default signature so earlier checkpoints still resume
+        signature["perceptual_weight"] = float(perceptual_weight)
     signature = json.loads(json.dumps(signature, default=str))
 
     # ---- trainable parameters (the adapter's initial factors depend on the seed only)
@@ -452,6 +460,7 @@ def personalize(
             start_step, losses, resumed_from = int(state["step"]), list(state.get("losses", [])), str(checkpoint)
             log(f"resumed from {checkpoint} at step {start_step}")
         module = PersonalizationLoss(G, loss_fn)
+        term_weights = torch.tensor([1.0, 1.0, float(perceptual_weight), float(perceptual_weight)], device=device)
         if accelerator is not None:
             if nproc > 1 and getattr(accelerator, "ddp_handler", None) is None:
                 from accelerate.utils import DistributedDataParallelKwargs
@@ -477,7 +486,7 @@ def personalize(
                 local = idx[lo : lo + per_process]
                 seeds = [sample_seed(seed, step, lo + j) for j in range(per_process)]
                 terms = model(anchors_d[local], labels_d[local], images_d[local], seeds)  # [b, 4]
-                loss = terms.sum(1).mean()
+                loss = (terms * term_weights).sum(1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 if accelerator is not None:
                     accelerator.backward(loss)
@@ -488,7 +497,7 @@ def personalize(
                 mean_terms = terms.detach().mean(0)
                 if nproc > 1:
                     mean_terms = accelerator.reduce(mean_terms, reduction="mean")
-                entry = {"step": step, "steps": int(steps), "loss": float(mean_terms.sum())}
+                entry = {"step": step, "steps": int(steps), "loss": float((mean_terms * term_weights).sum())}
                 entry.update({k: float(v) for k, v in zip(LOSS_TERMS, mean_terms)})
                 entry["lr"] = float(lr)
                 losses.append(entry)
@@ -548,7 +557,8 @@ def personalize(
         "lr": float(lr),
         "betas": list(betas),
         "seed": int(seed),
-        "loss": "MSE(raw) + MSE(image) + P(raw) + P(image), weights 1; raw target: real downsampled (bilinear, antialiased)",
+        "loss": f"MSE(raw) + MSE(image) + {perceptual_weight:g} * (P(raw) + P(image)); raw target: real downsampled (bilinear, antialiased)",
+        "perceptual_weight": float(perceptual_weight),
         "perceptual_loss": {"kind": loss_fn.kind, "description": loss_fn.description, "is_substitute": loss_fn.is_substitute},
         "initial_loss": losses[0]["loss"] if losses else None,
         "final_loss": last.get("loss"),
