@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import platform
 import sys
@@ -45,7 +44,6 @@ from my3dgen_hf.metrics.importance import lora_importance, plot_importance, weig
 from my3dgen_hf.personalization import (
     direction_in_anchor_span,
     edit_in_hull,
-    fit_direction,
     inpaint,
     load_eg3d_dataset,
     personalize,
@@ -55,8 +53,9 @@ from my3dgen_hf.personalization import (
     super_resolve,
     w_statistics,
 )
-from my3dgen_hf.synthetic import export_dataset, sample_identity, sample_image_params
-from my3dgen_hf.synthetic.evaluation import evaluate_inversions, ground_truth_view, novel_view_metrics
+from my3dgen_hf.synthetic import export_dataset, sample_identity
+from my3dgen_hf.synthetic.directions import fit_synthheads_directions
+from my3dgen_hf.synthetic.evaluation import evaluate_inversions, novel_view_metrics
 from my3dgen_hf.synthetic.identity_encoder import load_synthheads_identity_encoder
 from my3dgen_hf.synthetic.synthheads import ImageParams
 from my3dgen_hf.utils.export import to_uint8
@@ -102,24 +101,6 @@ def identity_data(out: Path, iid: int, num_images: int, test_images: int):
     params = {m["file"]: m["params"] for m in meta["test_images"]}
     test_params = [ImageParams.from_dict(params[Path(n).name]) for n in test_names]
     return images, labels, test_images, test_labels, test_params
-
-
-def edit_directions(prior, n: int, steps: int, cache: Path) -> dict:
-    """Smile and eye-closing directions in W from projected SynthHeads images of training identities whose
-    attribute is set by ground truth (half with, half without)."""
-    directions = {}
-    for name, field, on, off in (("smile", "smile", 1.0, 0.0), ("eyes_closed", "eyes_open", 0.0, 1.0)):
-        imgs, labs, ys = [], [], []
-        for i in range(n):
-            ident = sample_identity(0, i)
-            ip = sample_image_params(0, i, 0, yaw_range=0.3, pitch_range=0.2, occluder_prob=0.0)
-            y = i % 2
-            ip = dataclasses.replace(ip, **{field: on if y else off})
-            img, c = ground_truth_view(ident, ip, prior.generator.img_resolution)
-            imgs.append(img), labs.append(c), ys.append(float(y))
-        ws = project_to_w(prior, torch.cat(imgs), torch.cat(labs), steps=steps, cache_dir=cache, progress=False)
-        directions[name] = fit_direction(ws, ys, name=name)
-    return directions
 
 
 def lower_face_mask(resolution: int) -> torch.Tensor:
@@ -313,7 +294,7 @@ def main(argv=None):
             distances[kind] = perceptual_loss(kind, reduction="none")
     distance = distances.get("lpips-alex", distances["ms_ssim"])
     _, w_std = w_statistics(prior)
-    directions = edit_directions(prior, args.direction_images, args.eval_steps, args.out / "direction_cache")
+    directions = fit_synthheads_directions(prior, args.direction_images, args.eval_steps, args.out / "direction_cache")
     importance, per_identity = {}, []
     for k in range(args.identities):
         per_identity.append(run_identity(args, k, prior, encoder, directions, w_std, distances, distance, importance))

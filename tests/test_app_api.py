@@ -19,7 +19,7 @@ from hub_server import WRITE_TOKEN  # noqa: E402
 
 ENDPOINTS = {
     "/demo_identity", "/check_photos", "/train", "/stop", "/resume", "/training_status", "/render", "/orbit", "/mesh",
-    "/interpolate", "/push_to_hub", "/load_from_hub", "/list_adapters",
+    "/interpolate", "/sample_looks", "/edit", "/push_to_hub", "/load_from_hub", "/list_adapters",
 }
 RENDER_ARGS = dict(mix_=None, w_=1.0, source_="seed", seed_=0, anchor_=None, yaw_=0, pitch_=0, trunc_=0.7)
 
@@ -95,6 +95,13 @@ def test_personalize_render_share_flow(app, hub_endpoint, hub_server, tmp_path):
     assert Path(model).suffix == ".glb" and Path(download).read_bytes()[:4] == b"glTF"
     frames, video = c.predict("alice", "anchor 0: img_00000.png", "anchor 3: img_00003.png", 3, 0, api_name="/interpolate")
     assert len(frames) == 3
+    looks = c.predict("alice", 3, 1, api_name="/sample_looks")
+    assert len(looks) == 3 and len({_image(x["image"]).tobytes() for x in looks}) == 3  # three different looks
+    frames, video = c.predict("alice", "anchor 1: img_00001.png", "smile", 2.0, 3, "continue", 0, api_name="/edit")
+    assert len(frames) == 3 and Path(video).suffix == ".mp4"
+    middle = _image(frames[1]["image"])  # magnitude 0: the anchor itself
+    anchor1, _ = c.predict(*render_args("alice", source_="anchor", anchor_="anchor 1: img_00001.png"), api_name="/render")
+    assert np.abs(middle.astype(int) - _image(anchor1).astype(int)).max() <= 1
 
     # Hub: push, then a second client (another session) pulls it by repo id and revision
     out = c.predict("alice", "tester/api-alice", WRITE_TOKEN, True, api_name="/push_to_hub")
@@ -114,6 +121,8 @@ def test_personalize_render_share_flow(app, hub_endpoint, hub_server, tmp_path):
         (lambda: c.predict(api_name="/stop"), "Nothing to stop"),
         (lambda: c.predict(api_name="/resume"), "Nothing to resume"),
         (lambda: c.predict("base", "anchor 0", "anchor 1", 3, 0, api_name="/interpolate"), "Choose an adapter"),
+        (lambda: c.predict("alice", "anchor 0", "frown", 2.0, 3, "stop", 0, api_name="/edit"), "Unknown edit direction"),
+        (lambda: c.predict("base", 3, 0, api_name="/sample_looks"), "Choose an adapter"),
         (lambda: other.predict("x", 1, 3, 2, 0, api_name="/train"), "No photos to train on"),
     ]
     for call, message in cases:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -100,13 +100,3 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = 24) -> Path:
     from ..utils.export import write_video
 
     return write_video(frames, path, fps=fps)
-
-
-@torch.no_grad()
-def interpolation_frames(pipe, ws_a: torch.Tensor, ws_b: torch.Tensor, ts: Sequence[float], yaw: float = 0.0, pitch: float = 0.0) -> list[np.ndarray]:
-    """Renders of the plain linear interpolation (1 - t) w_a + t w_b for each t (one camera)."""
-    frames = []
-    for t in ts:
-        ws = torch.lerp(ws_a.float(), ws_b.float(), float(t))
-        frames.append(pipe(ws=ws[:1], yaw=yaw, pitch=pitch, output_type="np").images[0])
-    return frames

@@ -408,7 +408,8 @@ class AppService:
     def interpolate(self, sid: str, identity: str, anchor_a, anchor_b, num_frames: int = 8, yaw_deg: float = 0.0,
                     pitch_deg: float = 0.0) -> tuple[list[Image.Image], Path]:
         """Plain linear interpolation in W between two anchors of one adapter: a strip of frames and an MP4."""
-        from .media import interpolation_frames, write_mp4
+        from ..personalization.hull import interpolate_anchors
+        from .media import write_mp4
 
         s = self.session(sid)
         info = s.adapters.get(identity)
@@ -424,12 +425,81 @@ class AppService:
         if not 2 <= n <= 60:
             raise AppError("Interpolation takes 2 to 60 frames.")
         yaw, pitch = self._angles(RenderRequest(yaw_deg=yaw_deg, pitch_deg=pitch_deg))
-        ts = np.linspace(0.0, 1.0, n)
         pipe, lock = s.render_context()
         with lock:
             self._activate(pipe, [(identity, 1.0)])
-            frames = interpolation_frames(pipe, info.anchors[ia : ia + 1], info.anchors[ib : ib + 1], ts, yaw=yaw, pitch=pitch)
+            ws = interpolate_anchors(info.anchors[ia].float(), info.anchors[ib].float(), n)
+            frames = [pipe(ws=w[None], yaw=yaw, pitch=pitch, output_type="np").images[0] for w in ws]
         video = write_mp4(np.stack(frames + frames[::-1]), s.new_path("interpolation", ".mp4"), fps=12)
+        return [Image.fromarray(f) for f in frames], video
+
+    # ------------------------------------------------------------------------------------------- personal space
+    def _personal(self, s: Session, identity: str) -> AdapterInfo:
+        info = s.adapters.get(identity)
+        if info is None:
+            raise AppError("Choose an adapter trained in this session (its anchors span the personal space).")
+        if info.anchors is None:
+            raise AppError(f"'{identity}' has no anchors (it was loaded without them); use an adapter trained here or pushed with its anchors.")
+        return info
+
+    def sample_looks(self, sid: str, identity: str, num_samples: int = 8, seed: int = 0) -> list[Image.Image]:
+        """New looks of the person: random convex combinations of 3 anchors at random poses (MyStyle synthesis)."""
+        from ..personalization.hull import sample_in_hull
+        from ..utils.export import to_uint8
+
+        s = self.session(sid)
+        info = self._personal(s, identity)
+        n = int(num_samples)
+        if not 1 <= n <= 32:
+            raise AppError("Sample 1 to 32 looks at a time.")
+        pipe, lock = s.render_context()
+        with lock:
+            self._activate(pipe, [(identity, 1.0)])
+            out = sample_in_hull(pipe, info.anchors, num_samples=n, seed=int(seed))
+        return [Image.fromarray(a) for a in to_uint8(out.images)]
+
+    def edit_directions(self) -> dict:
+        """The base model's semantic directions (``<model>/directions/``, e.g. written by training/fit_directions.py)."""
+        if not hasattr(self, "_directions"):
+            from ..assets import resolve_pretrained
+            from ..personalization.editing import load_directions
+
+            folder = Path(str(resolve_pretrained(self.config.base_model)))
+            self._directions = load_directions(folder) if folder.is_dir() else {}
+        return self._directions
+
+    def edit(self, sid: str, identity: str, anchor, direction: str, magnitude: float = 2.0, num_frames: int = 5,
+             policy: str = "stop", yaw_deg: float = 0.0) -> tuple[list[Image.Image], Path]:
+        """Edit one anchor along ``direction`` inside the personal space (alpha-space edit, MyStyle edge ``policy``):
+        frames for magnitudes -magnitude..+magnitude (in units of the direction) and an MP4."""
+        from ..personalization.editing import EDGE_POLICIES, direction_in_anchor_span, edit_in_hull
+        from .media import write_mp4
+
+        s = self.session(sid)
+        info = self._personal(s, identity)
+        directions = self.edit_directions()
+        if direction not in directions:
+            have = ", ".join(sorted(directions)) or "none: fit some with training/fit_directions.py"
+            raise AppError(f"Unknown edit direction {direction!r}; this base model has: {have}.")
+        if policy not in EDGE_POLICIES:
+            raise AppError(f"Edge policy must be one of {', '.join(EDGE_POLICIES)}.")
+        n, m = int(num_frames), float(magnitude)
+        if not 2 <= n <= 24 or not 0 < m <= 20:
+            raise AppError("Use 2 to 24 frames and a magnitude between 0 and 20.")
+        i = parse_anchor(anchor)
+        if not 0 <= i < len(info.anchors):
+            raise AppError(f"Anchor {i} does not exist; '{identity}' has anchors 0..{len(info.anchors) - 1}.")
+        A = info.anchors.float()
+        alphas = torch.zeros(A.shape[1], len(A))
+        alphas[:, i] = 1.0  # the anchor itself, as a point of the hull
+        gamma, _ = direction_in_anchor_span(directions[direction], A)
+        edits = edit_in_hull(alphas, gamma, A, np.linspace(-m, m, n), policy=policy)
+        yaw, pitch = self._angles(RenderRequest(yaw_deg=yaw_deg))
+        pipe, lock = s.render_context()
+        with lock:
+            self._activate(pipe, [(identity, 1.0)])
+            frames = [pipe(ws=w[None], yaw=yaw, pitch=pitch, output_type="np").images[0] for w in edits.ws]
+        video = write_mp4(np.stack(frames + frames[::-1]), s.new_path("edit", ".mp4"), fps=8)
         return [Image.fromarray(f) for f in frames], video
 
     # ------------------------------------------------------------------------------------------- Hub

@@ -363,6 +363,54 @@ def interpolate_tab(service: AppService, shared: Shared):
     return {}
 
 
+def personal_space_tab(service: AppService, shared: Shared):
+    directions = sorted(service.edit_directions())
+    with gr.Tab("Edit & sample", id="personal-space"):
+        gr.Markdown("The personal space of an adapter: the convex hull of its anchors (MyStyle). Sample new looks inside it, "
+                    "or edit an anchor along a semantic direction of the base model without leaving the person.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                identity = gr.Dropdown([], value=None, label="Adapter", allow_custom_value=True, elem_id="space-identity")
+                with gr.Row():
+                    n_looks = gr.Slider(1, 16, value=8, step=1, label="Looks")
+                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                looks_btn = gr.Button("Sample new looks", variant="primary", elem_id="looks-btn")
+                anchor = gr.Dropdown([], value=None, label="Anchor to edit", allow_custom_value=True, elem_id="edit-anchor")
+                direction = gr.Dropdown(directions, value=directions[0] if directions else None, label="Direction", allow_custom_value=True,
+                                        elem_id="edit-direction", info="directions stored with the base model (training/fit_directions.py)")
+                magnitude = gr.Slider(0.5, 10, value=3.0, step=0.5, label="Magnitude (both ways)")
+                frames = gr.Slider(2, 12, value=5, step=1, label="Frames")
+                policy = gr.Radio(["stop", "continue", "project"], value="stop", label="At the edge of the personal space")
+                yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees)")
+                edit_btn = gr.Button("Edit", elem_id="edit-btn")
+            with gr.Column(scale=3):
+                looks = gr.Gallery(label="New looks", columns=4, height=300, format="png", elem_id="looks-gallery")
+                strip = gr.Gallery(label="Edit", columns=6, height=200, format="png", elem_id="edit-gallery")
+                video = gr.Video(label="Edit video", height=240, interactive=False, autoplay=True, loop=True)
+    shared.adapter_dropdowns.append(identity)
+
+    @guarded
+    def sample(identity_, n_, seed_, request: gr.Request):
+        return service.sample_looks(_sid(request), identity_, int(n_), int(seed_ or 0))
+
+    @guarded
+    def edit(identity_, anchor_, direction_, magnitude_, frames_, policy_, yaw_, request: gr.Request):
+        images, path = service.edit(_sid(request), identity_, anchor_, direction_, float(magnitude_), int(frames_), policy_, float(yaw_))
+        return images, str(path)
+
+    @guarded
+    def anchors_for(identity_, request: gr.Request):
+        choices = service.anchor_choices(_sid(request), identity_) if identity_ else []
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    limit = service.config.render_concurrency
+    looks_btn.click(sample, [identity, n_looks, seed], [looks], api_name="sample_looks", concurrency_limit=limit, concurrency_id="render")
+    edit_btn.click(edit, [identity, anchor, direction, magnitude, frames, policy, yaw], [strip, video], api_name="edit",
+                   concurrency_limit=limit, concurrency_id="render")
+    identity.change(anchors_for, [identity], [anchor], api_visibility="private", show_progress="hidden")
+    return {}
+
+
 def hub_tab(service: AppService, shared: Shared):
     with gr.Tab("Hub", id="hub"):
         gr.Markdown("Share an adapter (a few hundred KB) with its model card, or load one by repo id. The Hub is only "
@@ -405,7 +453,7 @@ def hub_tab(service: AppService, shared: Shared):
 
 
 #: The tabs, in order. A later task adds one by writing ``def my_tab(service, shared) -> dict`` and listing it here.
-TABS = [personalize_tab, render_tab, interpolate_tab, hub_tab]
+TABS = [personalize_tab, render_tab, interpolate_tab, personal_space_tab, hub_tab]
 
 
 # ----------------------------------------------------------------------------------------------- the app

@@ -32,6 +32,8 @@ from .editing import (
     direction_in_anchor_span,
     edit_in_hull,
     fit_direction,
+    load_directions,
+    save_directions,
 )
 from .hull import (
     DEFAULT_BETA,
@@ -109,6 +111,7 @@ __all__ = [
     "interpolate_anchors",
     "is_eg3d_dataset",
     "load_anchors",
+    "load_directions",
     "load_eg3d_dataset",
     "load_training_data",
     "make_accelerator",
@@ -129,6 +132,7 @@ __all__ = [
     "render_interpolation",
     "render_validation_grid",
     "sample_in_hull",
+    "save_directions",
     "save_anchors",
     "super_resolve",
     "w_statistics",

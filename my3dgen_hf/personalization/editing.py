@@ -64,6 +64,25 @@ class EditDirection:
         return cls(direction=d, accuracy=json.loads(meta.get("accuracy", "null")), name=meta.get("name", path.stem))
 
 
+DIRECTIONS_DIR = "directions"
+
+
+def save_directions(folder: Union[str, Path], directions: dict) -> list[Path]:
+    """Write each :class:`EditDirection` to ``folder/directions/<name>.safetensors``."""
+    root = Path(folder) / DIRECTIONS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    return [d.save(root / f"{name}.safetensors") for name, d in directions.items()]
+
+
+def load_directions(folder: Union[str, Path]) -> dict:
+    """``{name: EditDirection}`` from ``folder/directions/`` (``.safetensors`` or InterFaceGAN ``.npy``); empty if
+    the model has none."""
+    root = Path(folder) / DIRECTIONS_DIR
+    if not root.is_dir():
+        return {}
+    return {p.stem: EditDirection.load(p) for p in sorted(root.iterdir()) if p.suffix in (".safetensors", ".npy")}
+
+
 def _codes(ws: torch.Tensor) -> torch.Tensor:
     """[M, w_dim] or [M, num_ws, w_dim] (first layer: codes projected in W repeat it) -> [M, w_dim]."""
     if ws.ndim == 3:

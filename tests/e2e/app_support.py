@@ -20,12 +20,20 @@ if str(TESTS) not in sys.path:
 
 
 def save_tiny_base(folder: Path) -> Path:
-    """The tiny EG3D pipeline of tests/tiny.py, saved as a base-model folder (loaded with from_pretrained)."""
+    """The tiny EG3D pipeline of tests/tiny.py, saved as a base-model folder (loaded with from_pretrained)
+    with one random edit direction."""
     from tiny import tiny_pipeline
+
+    import torch
+
+    from my3dgen_hf.personalization import EditDirection, save_directions
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        tiny_pipeline().save_pretrained(folder)
+        pipe = tiny_pipeline()
+        pipe.save_pretrained(folder)
+        d = torch.randn(pipe.generator.w_dim, generator=torch.Generator().manual_seed(0))
+        save_directions(folder, {"smile": EditDirection(direction=d / d.norm(), name="smile")})  # for the Edit tab
     return folder
 
 
