@@ -10,23 +10,12 @@ from my3dgen_hf.lora.loader import AdapterError, base_model_fingerprint
 
 from hub_fixtures import hub_endpoint, hub_server  # noqa: F401  (pytest fixtures)
 from hub_server import WRITE_TOKEN
+from test_personalization_helpers import train_like
 from tiny import tiny_pipeline
 
 
 def render(pipe, ws):
     return pipe(ws=ws, yaw=[0.0, 0.3], output_type="pt").images
-
-
-def train_like(pipe, name, seed, rank=1):
-    """An adapter with random LoRA factors and random extras, as if trained."""
-    pipe.add_identity_adapter(name, rank=rank)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in pipe.generator.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    pipe.collect_trained_extras(name)
-    return name
 
 
 @pytest.fixture()

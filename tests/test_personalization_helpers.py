@@ -55,3 +55,15 @@ def quick_anchors(pipe, images, labels, steps: int = 2, **kw):
     from my3dgen_hf.personalization import project_to_w
 
     return project_to_w(pipe, images, labels, steps=steps, progress=False, **kw)
+
+
+def train_like(pipe, name, seed, rank=1):
+    """An adapter with random LoRA factors and random extras, as if trained."""
+    pipe.add_identity_adapter(name, rank=rank)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in pipe.generator.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    pipe.collect_trained_extras(name)
+    return name

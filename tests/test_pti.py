@@ -9,7 +9,7 @@ import torch
 from my3dgen_hf.personalization.data import PersonalizationCancelled, PersonalizationError
 from my3dgen_hf.personalization.pti import PTIResult, adapted_generator_copy, pti_invert
 
-from test_personalization_helpers import identity_images, tiny_prior
+from test_personalization_helpers import identity_images, tiny_prior, train_like
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -19,17 +19,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def render_at(G, ws, c) -> torch.Tensor:
     return G.synthesis(ws, c, noise_mode="const", deterministic=True)["image"]
-
-
-def train_like(pipe, name, seed):
-    """An adapter with random LoRA factors and extras, as if trained (as in test_lora_loader)."""
-    pipe.add_identity_adapter(name, rank=1)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in pipe.generator.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    pipe.collect_trained_extras(name)
 
 
 @pytest.fixture(scope="module")
