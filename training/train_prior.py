@@ -65,6 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--max_train_steps", type=int, default=3000)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--encoder_learning_rate", type=float, default=1e-3)
+    p.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: decay both learning rates from --lr_decay_start_step to --lr_min_ratio x at --max_train_steps")
+    p.add_argument("--lr_decay_start_step", type=int, default=0)
+    p.add_argument("--lr_min_ratio", type=float, default=0.1)
     p.add_argument("--kl_weight", type=float, default=1e-3)
     p.add_argument("--depth_weight", type=float, default=1.0)
     p.add_argument("--raw_weight", type=float, default=1.0)
@@ -135,6 +139,14 @@ class ImageEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------- loss
+def lr_factor(step: int, args) -> float:
+    """Stateless schedule (a function of the step only, so any resume point continues it exactly)."""
+    if args.lr_schedule == "constant" or step < args.lr_decay_start_step:
+        return 1.0
+    t = min(1.0, (step - args.lr_decay_start_step) / max(1, args.max_train_steps - args.lr_decay_start_step))
+    return args.lr_min_ratio + (1 - args.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def density_regularization(G, ws, p_dist):
     """EG3D's density smoothness term: sigma at random points vs slightly perturbed points (L1)."""
     n = ws.shape[0]
@@ -221,8 +233,12 @@ def main(argv=None):
     t0 = time.time()
     G.train()
     E.train()
+    base_lrs = [g["lr"] for g in opt.param_groups]
     while global_step < args.max_train_steps and not args.export_only:
         batch = next(it)
+        factor = lr_factor(global_step, args)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * factor
         with accelerator.accumulate(G):
             mu, logvar = E(batch["source"], batch["source_c"])
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
@@ -247,7 +263,7 @@ def main(argv=None):
             opt.zero_grad(set_to_none=True)
         global_step += 1
         bar.update(1)
-        logs = {"step": global_step, "loss": loss.item(), "img": loss_img.item(), "raw": loss_raw.item(), "depth": loss_depth.item(),
+        logs = {"step": global_step, "lr_factor": round(factor, 4), "loss": loss.item(), "img": loss_img.item(), "raw": loss_raw.item(), "depth": loss_depth.item(),
                 "kl": kl.item(), "reg": reg.item(), "elapsed_s": round(time.time() - t0, 1)}
         bar.set_postfix(loss=f"{logs['loss']:.3f}", img=f"{logs['img']:.3f}", depth=f"{logs['depth']:.3f}")
         accelerator.log(logs, step=global_step)
