@@ -50,7 +50,7 @@ TINY_T2I = [
     "--unet_norm_num_groups", "4", "--unet_attention_heads", "2", "--text_hidden_size", "16", "--text_layers", "1", "--text_heads", "2",
     "--pool_size", "8", "--pool_refresh", "1", "--views_per_object", "1", "--vae_batch_size", "4", "--train_batch_size", "4",
     "--supersample", "1", "--validation_prompts", "2", "--validation_grid", "2", "--validation_num_inference_steps", "2",
-    "--tokenizer_source", "corpus", "--log_steps", "1", "--lr_warmup_steps", "1",
+    "--tokenizer_source", "corpus", "--log_steps", "1", "--lr_warmup_steps", "1", "--scaling_factor_images", "16",
 ]
 
 
@@ -216,9 +216,9 @@ def _sample_and_check(model_dir):
 
 def test_t2i_with_the_clip_text_tower_loads_in_diffusers_and_tunemv3d(clip_run, tmp_path):
     from transformers import CLIPModel
+    from tunemv3d_tiny import TINY_INTERACTIVE
 
     from my3dgen_hf.pipelines.tunemv3d import TuneMV3DPipeline
-    from tunemv3d_tiny import TINY_INTERACTIVE
 
     clip_dir = Path(clip_run[1]["model_dir"])
     out = tmp_path / "t2i"
@@ -232,8 +232,9 @@ def test_t2i_with_the_clip_text_tower_loads_in_diffusers_and_tunemv3d(clip_run, 
     pipe = _sample_and_check(result["model_dir"])
     # the text encoder is the CLIP's text tower, unchanged (frozen), with the CLIP's tokenizer
     clip = CLIPModel.from_pretrained(clip_dir)
+    mine = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
     for name, p in clip.text_model.state_dict().items():
-        assert torch.equal(pipe.text_encoder.text_model.state_dict()[name], p), name
+        assert torch.equal(mine[name.removeprefix("text_model.")], p), name
     assert pipe.unet.config.cross_attention_dim == clip.config.text_config.hidden_size
     assert pipe.vae.config.scaling_factor != 0.18215 and pipe.vae.config.latent_channels == 4
     assert (Path(result["model_dir"]) / "tokenizer" / "vocab.json").is_file()

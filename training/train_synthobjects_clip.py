@@ -35,6 +35,7 @@ final model in ``--model_dir`` (default ``<output_dir>/model``, written atomical
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -42,8 +43,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +52,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from my3dgen_hf.metrics.clip_rprecision import CLIP_MEAN, CLIP_STD, r_precision_from_embeddings  # noqa: E402
-from my3dgen_hf.synthetic.clip_tokenizer import build_clip_tokenizer, save_clip_tokenizer  # noqa: E402
-from my3dgen_hf.synthetic.synthobjects import (  # noqa: E402
+from my3dgen_hf.metrics.clip_rprecision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    r_precision_from_embeddings,
+)
+from my3dgen_hf.synthetic.clip_tokenizer import (
+    build_clip_tokenizer,
+    save_clip_tokenizer,
+)
+from my3dgen_hf.synthetic.synthobjects import (
     CAMERA_DISTANCE,
     ELEVATION_RANGE,
     FOV_DEGREES,
@@ -62,7 +70,7 @@ from my3dgen_hf.synthetic.synthobjects import (  # noqa: E402
     render_views,
     sample_object,
 )
-from my3dgen_hf.tunemv3d.cameras import orbit_cameras  # noqa: E402
+from my3dgen_hf.tunemv3d.cameras import orbit_cameras
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +144,8 @@ class SynthObjectsStream:
         for oid in ids:
             self.get(oid)
 
-    def sample(self, step: int, batch_size: int, rank: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Step ``step``'s batch: (uint8 images [B, R, R, 3], captions, object ids [B])."""
+    def sample(self, step: int, batch_size: int, rank: int = 0, return_views: bool = False):
+        """Step ``step``'s batch: (uint8 images [B, R, R, 3], captions, object ids [B]) (and view indices [B])."""
         self.advance_to(step)
         rng = np.random.default_rng([self.sample_seed, int(step), int(rank), 0x5A3])
         ids = self.window(step)
@@ -148,7 +156,8 @@ class SynthObjectsStream:
             imgs, text = self.get(ids[int(p)])
             images.append(imgs[int(v)])
             captions.append(text)
-        return np.stack(images), captions, np.asarray([ids[int(p)] for p in pos])
+        object_ids = np.asarray([ids[int(p)] for p in pos])
+        return (np.stack(images), captions, object_ids, views) if return_views else (np.stack(images), captions, object_ids)
 
 
 def eval_set(seed: int, category: str, num_objects: int, num_views: int, resolution: int, supersample: int,
@@ -158,11 +167,12 @@ def eval_set(seed: int, category: str, num_objects: int, num_views: int, resolut
     return np.stack([o[0] for o in out]), [o[1] for o in out]
 
 
-def caption_corpus(num_objects: int = 4000) -> list[str]:
+@functools.lru_cache(maxsize=4)
+def caption_corpus(num_objects: int = 4000) -> tuple[str, ...]:
     """Captions covering SynthObjects' whole caption vocabulary (to learn a tokenizer when CLIP's BPE is absent)."""
     texts = [caption(sample_object(0, i, "mixed")) for i in range(num_objects)]
     texts += [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {noun}" for c in PALETTE for noun in ("chair", "armchair", "table", "coffee table", "dining table")]
-    return texts
+    return tuple(texts)
 
 
 def make_tokenizer(args, folder=None):
@@ -208,15 +218,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip_prob: float = 0.5,
 def build_clip(args, tokenizer):
     from transformers import CLIPConfig, CLIPModel
 
-    text = dict(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size, num_hidden_layers=args.text_layers,
-        num_attention_heads=args.num_heads, max_position_embeddings=args.max_text_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size, num_hidden_layers=args.vision_layers,
-        num_attention_heads=args.num_heads, image_size=args.image_size, patch_size=args.patch_size,
-    )
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": args.hidden_size, "intermediate_size": 4 * args.hidden_size, "num_hidden_layers": args.text_layers,
+        "num_attention_heads": args.num_heads, "max_position_embeddings": args.max_text_length, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "hidden_size": args.hidden_size, "intermediate_size": 4 * args.hidden_size, "num_hidden_layers": args.vision_layers,
+        "num_attention_heads": args.num_heads, "image_size": args.image_size, "patch_size": args.patch_size,
+    }
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=args.projection_dim))
 
 
@@ -239,7 +249,7 @@ def contrastive_loss(model, input_ids, attention_mask, pixel_values, captions: S
 
 
 @torch.no_grad()
-def encode(model, tokenizer, images: Optional[torch.Tensor] = None, texts: Optional[Sequence[str]] = None, batch_size: int = 256):
+def encode(model, tokenizer, images: torch.Tensor | None = None, texts: Sequence[str] | None = None, batch_size: int = 256):
     """L2-normalized embeddings of CLIP pixel values [N, 3, S, S] and/or texts."""
     device = next(model.parameters()).device
     img = txt = None
@@ -300,7 +310,7 @@ def checkpoints(output_dir) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def resolve_checkpoint(output_dir, resume: Optional[str]) -> Optional[Path]:
+def resolve_checkpoint(output_dir, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "latest":
@@ -312,7 +322,7 @@ def resolve_checkpoint(output_dir, resume: Optional[str]) -> Optional[Path]:
     return path
 
 
-def save_checkpoint(accelerator, output_dir, step: int, total_limit: Optional[int]) -> Path:
+def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None) -> Path:
     """accelerate's save_state into ``checkpoint-<step>`` (written to a temporary name, then renamed)."""
     if total_limit is not None:
         old = checkpoints(output_dir)
@@ -506,6 +516,9 @@ def main(argv=None) -> dict:
         accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         return metrics
 
+    t_fill = time.perf_counter()
+    stream.advance_to(global_step)  # render the window (not counted in the step times)
+    accelerator.print(f"rendered {stream.pool_size} objects x {stream.views_per_object} views in {time.perf_counter() - t_fill:.1f}s")
     losses, last_val, step_times = [], None, []
     generator = torch.Generator()
     model.train()
@@ -575,7 +588,7 @@ def _jsonable_args(args) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, tuple, type(None)))}
 
 
-def _model_card(args, metrics: Optional[dict], tokenizer, steps: int) -> str:
+def _model_card(args, metrics: dict | None, tokenizer, steps: int) -> str:
     m = metrics or {}
     rp = next((v for k, v in m.items() if k.startswith("r_precision")), None)
     rp_key = next((k for k in m if k.startswith("r_precision")), "r_precision")

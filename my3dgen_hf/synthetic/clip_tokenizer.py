@@ -18,11 +18,11 @@ from __future__ import annotations
 import collections
 import gzip
 import importlib.util
+import itertools
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional, Union
 
 __all__ = [
     "BOS",
@@ -44,7 +44,7 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's pre-tokenization (the pattern of transformers.CLIPTokenizer and of CLIP's simple_tokenizer.py).
 _WORD_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _byte_symbols() -> list[str]:
@@ -58,7 +58,7 @@ def _base_vocab() -> list[str]:
     return chars + [c + "</w>" for c in chars]
 
 
-def find_clip_bpe(path: Optional[PathLike] = None) -> Optional[Path]:
+def find_clip_bpe(path: PathLike | None = None) -> Path | None:
     """``path`` if given (must exist), else ``$MY3DGEN_CLIP_BPE``, else the file inside an installed ``open_clip``
     or ``clip`` package (found without importing it); None when there is none."""
     if path is not None:
@@ -81,14 +81,18 @@ def find_clip_bpe(path: Optional[PathLike] = None) -> Optional[Path]:
     return None
 
 
-def read_clip_bpe(path: PathLike, num_merges: Optional[int] = CLIP_NUM_MERGES) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def read_clip_bpe(path: PathLike, num_merges: int | None = CLIP_NUM_MERGES) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's ``bpe_simple_vocab_16e6.txt(.gz)`` -> (vocab token -> id, merges [(a, b), ...] in rank order).
 
     The first line is a header; CLIP keeps the next ``num_merges`` merges (None: all of them). Ids: the 256 byte
     symbols, the same with ``</w>``, the merged tokens in rank order, then ``<|startoftext|>`` and
     ``<|endoftext|>`` (49,406 and 49,407 for the real file)."""
     path = Path(path)
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if path.suffix == ".gz":
+        with gzip.open(path) as f:
+            raw = f.read()
+    else:
+        raw = path.read_bytes()
     lines = raw.decode("utf-8").split("\n")[1:]
     lines = [line for line in lines if line.strip()]
     if num_merges is not None:
@@ -153,7 +157,7 @@ def _words(text: str) -> list[str]:
     return regex.findall(_WORD_PATTERN, text)
 
 
-def learn_bpe(texts: Iterable[str], num_merges: Optional[int] = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def learn_bpe(texts: Iterable[str], num_merges: int | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-pair encoding learned on ``texts`` in CLIP's format -> (vocab, merges).
 
     Words are CLIP's (see ``_words``) in its byte-to-unicode alphabet, the last symbol with ``</w>``. The most
@@ -172,7 +176,7 @@ def learn_bpe(texts: Iterable[str], num_merges: Optional[int] = None) -> tuple[d
     while num_merges is None or len(merges) < num_merges:
         pairs: collections.Counter = collections.Counter()
         for w, n in words.items():
-            for pair in zip(w[:-1], w[1:]):
+            for pair in itertools.pairwise(w):
                 pairs[pair] += n
         if not pairs:
             break
@@ -196,10 +200,10 @@ def learn_bpe(texts: Iterable[str], num_merges: Optional[int] = None) -> tuple[d
 
 
 def build_clip_tokenizer(
-    folder: Optional[PathLike] = None,
+    folder: PathLike | None = None,
     source: str = "auto",
-    bpe_path: Optional[PathLike] = None,
-    corpus: Optional[Iterable[str]] = None,
+    bpe_path: PathLike | None = None,
+    corpus: Iterable[str] | None = None,
     model_max_length: int = 77,
 ):
     """A ``transformers.CLIPTokenizer``: ``source="clip"`` from CLIP's BPE file (``bpe_path`` or
