@@ -70,13 +70,15 @@ QUICK = dict(identities=1, num_images=20, test_images=1, steps=30, ranks=[1, 4],
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base_model", default="my3dgen-hf/demo-synthheads")
-    p.add_argument("--out", type=Path, default=Path("outputs/paper_tables"))
+    p.add_argument("--out", type=Path, default=Path("outputs/paper_tables"), help="tables, JSON and plots")
+    p.add_argument("--work_dir", type=Path, default=None, help="datasets and projection caches (default: OUT/work)")
     p.add_argument("--quick", action="store_true", help="a small run that finishes in minutes on a CPU")
     for k, v in FULL.items():
         p.add_argument(f"--{k}", type=int, nargs="+" if isinstance(v, list) else None, default=None, help=f"full: {v}, quick: {QUICK[k]}")
     p.add_argument("--edit_magnitude", type=float, default=0.5, help="edit size in units of the prior's w_std")
     p.add_argument("--num_threads", type=int, default=None)
     args = p.parse_args(argv)
+    args.work_dir = args.work_dir or args.out / "work"
     for k, v in (QUICK if args.quick else FULL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -163,8 +165,8 @@ def run_identity(args, k, prior, encoder, directions, w_std, distances, distance
     iid = HELD_OUT + k
     identity = sample_identity(0, iid)
     n_max = max(args.image_counts)
-    images, labels, test_images, test_labels, test_params = identity_data(args.out, iid, n_max, args.test_images)
-    anchors_all = project_to_w(prior, images, labels, cache_dir=args.out / "anchor_cache", progress=False)
+    images, labels, test_images, test_labels, test_params = identity_data(args.work_dir, iid, n_max, args.test_images)
+    anchors_all = project_to_w(prior, images, labels, cache_dir=args.work_dir / "anchor_cache", progress=False)
     refs = images[: args.num_images]
     rows = {}
     for name, spec in model_specs(args):
@@ -184,7 +186,7 @@ def run_identity(args, k, prior, encoder, directions, w_std, distances, distance
                 for block, v in ratios.items():
                     importance.setdefault(name, {}).setdefault(block, []).append(v)
         mean, _ = evaluate_inversions(pipe, test_images, test_labels, test_params, identity, encoder, steps=args.eval_steps,
-                                      cache_dir=args.out / "eval_cache" / name, distances=distances)
+                                      cache_dir=args.work_dir / "eval_cache" / name, distances=distances)
         row.update({f"inv.{key}": v for key, v in mean.items()})
         if name in ("pretrained", "full_ft", "lora_r1"):
             row.update(downstream(pipe, name, anchors_all[: args.num_images], refs, test_images, test_labels, test_params, identity, encoder,
@@ -294,7 +296,7 @@ def main(argv=None):
             distances[kind] = perceptual_loss(kind, reduction="none")
     distance = distances.get("lpips-alex", distances["ms_ssim"])
     _, w_std = w_statistics(prior)
-    directions = fit_synthheads_directions(prior, args.direction_images, args.eval_steps, args.out / "direction_cache")
+    directions = fit_synthheads_directions(prior, args.direction_images, args.eval_steps, args.work_dir / "direction_cache")
     importance, per_identity = {}, []
     for k in range(args.identities):
         per_identity.append(run_identity(args, k, prior, encoder, directions, w_std, distances, distance, importance))
