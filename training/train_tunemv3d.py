@@ -12,6 +12,12 @@ Loss: lambda_denoise * mean over views |eps_pred - eps|^2 + lambda_render * |Neu
 views. The output folder holds ``checkpoint-<step>/`` (accelerate states; resume with ``--resume_from_checkpoint
 latest``), ``validation/`` images and, at the end, the pipeline (load with ``TuneMV3DPipeline.from_pretrained``).
 The dataset layout is documented in ``my3dgen_hf/tunemv3d/data.py`` and ``docs/tunemv3d.md``.
+
+Ablations of the supplement (Sec. D), for fresh modules: ``--no_raw_xt`` (encoder O sees only the renders, not the
+raw x_t) and ``--render_target features`` (the field renders ``--render_channels``-dimensional features straight
+into O instead of the low-dimensional x0; there is no x0 to compare them with, so the render loss is dropped).
+The final save also writes ``tunemv3d_training.json`` (steps trained and these settings), which
+``benchmarks/tunemv3d_eval.py`` reads to check that compared models were trained for equal steps.
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--lambda_render", type=float, default=1.0)
     a("--omega", type=float, default=1.5, help="Positional-encoding scale: 1.5 for chair-like data, 2.0 for Objaverse-like.")
     a("--interactive_kwargs", type=json.loads, default=None, help='JSON overrides for a fresh interactive module, e.g. \'{"encoder_channels": 64}\'.')
+    a("--no_raw_xt", action="store_true", help="Ablation: encoder O does not take the raw x_t (fresh modules only).")
+    a("--render_target", default=None, choices=["x0", "features"],
+      help="What the NeuS field renders into O: the latent x0 (default) or high-dimensional features (ablation; no render loss).")
+    a("--render_channels", type=int, default=None, help="Channels of the rendered features with --render_target features (default 8 x latent).")
     a("--proportion_empty_prompts", type=float, default=0.0, help="Captions replaced by the empty prompt (classifier-free guidance).")
     a("--view_chunk_size", type=int, default=None, help="Views per pass through E, O and the UNet (memory).")
     a("--ray_chunk_size", type=int, default=None, help="Rays per NeuS rendering pass (memory).")
@@ -136,9 +146,18 @@ def compute_loss(models: dict, batch: dict, noise_scheduler, args, generator=Non
     else:
         target = noise
     loss_denoise = F.mse_loss(pred.float(), target.float())
-    loss_render = F.l1_loss(inter.x0.float(), x0)
+    if _render_target(models["interactive"]) == "x0":
+        loss_render = F.l1_loss(inter.x0.float(), x0)
+    else:  # rendered features (ablation): nothing to compare them with
+        loss_render = torch.zeros((), device=loss_denoise.device)
     loss = args.lambda_denoise * loss_denoise + args.lambda_render * loss_render
     return loss, {"loss": loss.item(), "loss_denoise": loss_denoise.item(), "loss_render": loss_render.item()}
+
+
+def _render_target(interactive) -> str:
+    """The interactive module's ``render_target``, also through DDP / compile wrappers."""
+    module = getattr(interactive, "module", getattr(interactive, "_orig_mod", interactive))
+    return getattr(module.config, "render_target", "x0")
 
 
 # ------------------------------------------------------------------------------------------------- validation
@@ -193,8 +212,13 @@ def main(args: argparse.Namespace) -> dict:
 
     # Models: the frozen 2D model, fresh (or saved) interactive and modulation modules.
     interactive_kwargs = {"omega": args.omega, **(args.interactive_kwargs or {})}
+    if args.render_target is not None:
+        interactive_kwargs["render_target"] = args.render_target
+    if args.render_channels is not None:
+        interactive_kwargs["render_channels"] = args.render_channels
     pipe = TuneMV3DPipeline.from_pretrained(
-        args.pretrained_model_name_or_path, interactive_kwargs=interactive_kwargs, revision=args.revision, variant=args.variant, cache_dir=args.cache_dir
+        args.pretrained_model_name_or_path, interactive_kwargs=interactive_kwargs, modulation_kwargs={"use_raw_xt": False} if args.no_raw_xt else None,
+        revision=args.revision, variant=args.variant, cache_dir=args.cache_dir,
     )
     pipe.set_progress_bar_config(disable=True)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -286,6 +310,18 @@ def main(args: argparse.Namespace) -> dict:
         if args.validation_prompts and global_step % args.validation_steps != 0:  # else done in the loop
             log_validation(final, args, accelerator, global_step)
         final.save_pretrained(args.output_dir)
+        summary = {
+            "global_step": global_step, "use_raw_xt": bool(final.modulation.config.get("use_raw_xt", True)),
+            "render_target": final.interactive.config.render_target, "render_channels": final.interactive.num_render_channels,
+            "num_views": args.num_views, "num_novel_views": args.num_novel_views, "resolution": args.resolution,
+            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
+        }
+        meta = Path(args.train_data_dir) / "meta.json"  # a SynthObjects export: which world and objects were trained on
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            ids = [o["object_id"] for o in info.get("objects", [])]
+            summary["synthobjects"] = {"seed": info.get("seed"), "category": info.get("category"), "object_ids": [min(ids), max(ids)] if ids else None}
+        (Path(args.output_dir) / "tunemv3d_training.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.end_training()
     return {"first_step": first_step, "global_step": global_step, "losses": losses, "output_dir": args.output_dir}
 

@@ -113,7 +113,10 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
         if unet is None:
             raise ValueError(f"{pretrained_model_name_or_path} has no unet in its model_index.json")
         interactive = TuneMV3DInteractiveModel.from_unet(unet, **(interactive_kwargs or {}))
-        modulation = TuneMV3DModulationModel.from_unet(unet, **(modulation_kwargs or {}))
+        modulation_kwargs = dict(modulation_kwargs or {})
+        if interactive.config.render_target == "features":  # O takes the rendered features (ablation)
+            modulation_kwargs.setdefault("render_channels", interactive.num_render_channels)
+        modulation = TuneMV3DModulationModel.from_unet(unet, **modulation_kwargs)
         if torch_dtype is not None:
             interactive, modulation = interactive.to(torch_dtype), modulation.to(torch_dtype)
         return cls(
@@ -292,6 +295,8 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
         ray_chunk_size: Optional[int] = None,
     ) -> np.ndarray:
         """Volume-render the field's x0 on a full turn around the object and decode it: uint8 [F, H, W, 3]."""
+        if self.interactive.config.render_target != "x0":
+            raise ValueError("this model's field renders features (render_target='features'), not x0: there is nothing to decode")
         field = field[index]
         cams = orbit_cameras(torch.arange(num_frames) * (360.0 / num_frames), elevation, camera_distance, fov, device=field.cameras.device)
         frames = []

@@ -3,6 +3,11 @@
     f_t^i = E(x_t^i, t, c)                     per view: ResBlocks(t) + self-attention + cross-attention(text)
     field = NeuS(f_t^1..n, cameras, t)         mean/variance of the features of the views each point projects into
     x0^j  = render(field, camera_j)            for the n input views (and n' novel views in training)
+
+``render_target="features"`` (config) is the supplement's ablation (Sec. D): the field's head predicts
+``render_channels``-dimensional features instead of the latent x0, the renders go to encoder O as they are, and
+there is no x0 to supervise them (training drops the render loss). ``render_channels`` defaults to 8 x the latent
+channels (32 for Stable Diffusion's 4). The renders keep the name ``x0`` in the outputs.
 """
 
 from __future__ import annotations
@@ -148,16 +153,26 @@ class TuneMV3DInteractiveModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         init_variance: float = 0.3,
         flip_sin_to_cos: bool = True,
         freq_shift: int = 0,
+        render_target: str = "x0",
+        render_channels: Optional[int] = None,
     ):
         super().__init__()
+        if render_target not in ("x0", "features"):
+            raise ValueError(f"render_target must be 'x0' or 'features', got {render_target!r}")
+        if render_target == "x0" and render_channels not in (None, latent_channels):
+            raise ValueError(f"render_target='x0' renders the {latent_channels} latent channels; render_channels={render_channels} needs 'features'")
+        # channels of the renders: the latent x0, or the features of the ablation
+        self.num_render_channels = latent_channels if render_target == "x0" else int(render_channels or 8 * latent_channels)
         self.time_proj = Timesteps(encoder_channels, flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(encoder_channels, time_embed_dim)
         self.encoder = ViewEncoder(
             latent_channels, encoder_channels, encoder_layers, feature_channels, time_embed_dim, cross_attention_dim, attention_head_dim, norm_num_groups
         )
-        self.field = NeuSField(feature_channels, time_embed_dim, latent_channels, field_hidden_dim, field_blocks, num_freqs, omega, init_radius)
+        self.field = NeuSField(
+            feature_channels, time_embed_dim, self.num_render_channels, field_hidden_dim, field_blocks, num_freqs, omega, init_radius
+        )
         self.renderer = NeuSRenderer(num_samples, num_importance, up_sample_steps, bound, init_variance)
-        self.background = nn.Parameter(torch.zeros(latent_channels))  # the x0 seen where rays miss the object
+        self.background = nn.Parameter(torch.zeros(self.num_render_channels))  # the x0 seen where rays miss the object
         self.gradient_checkpointing = False
 
     @classmethod
