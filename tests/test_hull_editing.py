@@ -177,3 +177,16 @@ def test_fit_direction_recovers_a_planted_boundary(tmp_path):
     assert torch.allclose(EditDirection.load(tmp_path / "interfacegan.npy").direction, true, atol=1e-6)
     with pytest.raises(PersonalizationError, match="both classes"):
         fit_direction(ws, torch.ones(400))
+
+
+def test_direction_from_a_user_classifier_separates_its_scores(pipe):
+    from my3dgen_hf.personalization import direction_from_classifier
+
+    def brightness(images):  # a stand-in attribute classifier: mean intensity
+        return images.mean(dim=(1, 2, 3))
+
+    d = direction_from_classifier(pipe, brightness, num_samples=60, fraction=0.25, seed=0, name="bright")
+    assert d.name == "bright" and torch.isclose(d.direction.norm(), torch.tensor(1.0))
+    assert d.accuracy is not None and d.accuracy >= 0.8  # the boundary predicts held-out labels
+    with pytest.raises(PersonalizationError, match="fraction"):
+        direction_from_classifier(pipe, brightness, num_samples=10, fraction=0.9)
