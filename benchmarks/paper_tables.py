@@ -61,8 +61,9 @@ from my3dgen_hf.synthetic.synthheads import ImageParams
 from my3dgen_hf.utils.export import to_uint8
 
 HELD_OUT = 1_000_900  # SynthHeads ids >= 1,000,000 are never used to train the demo prior
-FULL = dict(identities=2, num_images=50, test_images=3, steps=300, ranks=[1, 4, 16], image_counts=[10, 50, 100], eval_steps=60,
-            hull_steps=100, num_synth=64, direction_images=48)
+# The committed run (about 40 minutes on a 2-core CPU); raise --identities / --test_images / --hull_steps on a bigger machine.
+FULL = dict(identities=1, num_images=50, test_images=2, steps=300, ranks=[1, 4, 16], image_counts=[10, 50, 100], eval_steps=60,
+            hull_steps=50, num_synth=32, direction_images=48)
 QUICK = dict(identities=1, num_images=20, test_images=1, steps=30, ranks=[1, 4], image_counts=[10, 20], eval_steps=10,
              hull_steps=12, num_synth=12, direction_images=16)
 
