@@ -360,6 +360,43 @@ def append_jsonl(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def setup_run(args):
+    """(accelerator, output folder, final model folder) for a training run: threads, Accelerate, logging, seed."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    torch.set_num_threads(args.num_threads)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    out = Path(args.output_dir)
+    return accelerator, out, Path(args.model_dir) if args.model_dir else out / "model"
+
+
+def resume(accelerator, output_dir: Path, resume_from: str | None) -> int:
+    """Load the checkpoint ``resume_from`` names (a folder or 'latest') into ``accelerator``; the step to start at."""
+    ckpt = resolve_checkpoint(output_dir, resume_from)
+    if resume_from and ckpt is None:
+        accelerator.print(f"no checkpoint in {output_dir}; starting a new run")
+    if ckpt is None:
+        return 0
+    accelerator.print(f"resuming from {ckpt}")
+    accelerator.load_state(str(ckpt))
+    return int(ckpt.name.split("-")[-1])
+
+
+def log_validation(accelerator, output_dir: Path, metrics: dict, step: int) -> dict:
+    """Print the validation metrics, append them to validation.jsonl and send them to the trackers."""
+    accelerator.print("validation " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    if accelerator.is_main_process:
+        append_jsonl(output_dir / "validation.jsonl", metrics)
+    accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+    return metrics
+
+
 def lr_lambda(warmup: int, total: int, min_ratio: float):
     def f(step: int) -> float:
         if step < warmup:
@@ -459,18 +496,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Train; returns {"first_step", "global_step", "losses", "validation" (last metrics), "model_dir", "seconds_per_step"}."""
     args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-
-    torch.set_num_threads(args.num_threads)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    out = Path(args.output_dir)
-    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    accelerator, out, model_dir = setup_run(args)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -497,24 +523,12 @@ def main(argv=None) -> dict:
         args.data_seed, args.category, args.eval_objects, args.eval_views, args.image_size, args.supersample, args.elevation_range, args.eval_offset
     )
 
-    global_step = 0
-    ckpt = resolve_checkpoint(out, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and ckpt is None:
-        accelerator.print(f"no checkpoint in {out}; starting a new run")
-    if ckpt is not None:
-        accelerator.print(f"resuming from {ckpt}")
-        accelerator.load_state(str(ckpt))
-        global_step = int(ckpt.name.split("-")[-1])
-    first_step = global_step
+    global_step = first_step = resume(accelerator, out, args.resume_from_checkpoint)
 
     def validate(step: int) -> dict:
         metrics = evaluate_retrieval(accelerator.unwrap_model(model), tokenizer, eval_images, eval_captions, args.eval_candidates)
         metrics["step"] = step
-        accelerator.print("validation " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
-        if accelerator.is_main_process:
-            append_jsonl(out / "validation.jsonl", metrics)
-        accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-        return metrics
+        return log_validation(accelerator, out, metrics, step)
 
     t_fill = time.perf_counter()
     stream.advance_to(global_step)  # render the window (not counted in the step times)

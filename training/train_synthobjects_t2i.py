@@ -45,7 +45,6 @@ import copy
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,10 +67,12 @@ from train_synthobjects_clip import (
     atomic_save,
     caption_corpus,
     eval_set,
+    log_validation,
     lr_lambda,
     parameter_groups,
-    resolve_checkpoint,
+    resume,
     save_checkpoint,
+    setup_run,
     to_unit,
 )
 
@@ -301,8 +302,6 @@ class LatentCache:
 def main(argv=None) -> dict:
     """Train; returns {"first_step", "global_step", "losses", "validation", "model_dir", "seconds_per_step": {stage: s}}."""
     args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers import (
         DDIMScheduler,
         DDPMScheduler,
@@ -310,15 +309,7 @@ def main(argv=None) -> dict:
     )
     from diffusers.training_utils import EMAModel
 
-    torch.set_num_threads(args.num_threads)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    out = Path(args.output_dir)
-    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    accelerator, out, model_dir = setup_run(args)
     if accelerator.is_main_process:
         (out / "validation").mkdir(parents=True, exist_ok=True)
 
@@ -393,15 +384,7 @@ def main(argv=None) -> dict:
         accelerator.print(f"CLIP R-precision of the held-out renders themselves: {reference.r_precision:.3f}")
 
     # ---- resume
-    global_step = 0
-    ckpt = resolve_checkpoint(out, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and ckpt is None:
-        accelerator.print(f"no checkpoint in {out}; starting a new run")
-    if ckpt is not None:
-        accelerator.print(f"resuming from {ckpt}")
-        accelerator.load_state(str(ckpt))
-        global_step = int(ckpt.name.split("-")[-1])
-    first_step = global_step
+    global_step = first_step = resume(accelerator, out, args.resume_from_checkpoint)
 
     def unwrap(m):
         return accelerator.unwrap_model(m)
@@ -463,11 +446,7 @@ def main(argv=None) -> dict:
 
     def validate(step: int) -> dict:
         metrics = validate_vae(step) if step <= args.vae_steps and train_vae else validate_unet(step)
-        accelerator.print("validation " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
-        if accelerator.is_main_process:
-            append_jsonl(out / "validation.jsonl", metrics)
-        accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-        return metrics
+        return log_validation(accelerator, out, metrics, step)
 
     # ---- train
     if global_step >= args.vae_steps:
