@@ -5,6 +5,8 @@ directly here and through the HTTP API."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -332,15 +334,28 @@ class AppService:
         pipe.enable_lora()
         pipe.set_adapters([n for n, _ in parts], [float(w) for _, w in parts])
 
+    @contextlib.contextmanager
+    def _rendering(self, s: Session, parts: list[tuple[str, float]]):
+        """The pipeline ``s`` renders with, ``parts`` active, held under its lock for the block."""
+        pipe, lock = s.render_context()
+        with lock:
+            self._activate(pipe, parts)
+            yield pipe
+
+    @staticmethod
+    def _anchor_index(info: AdapterInfo, anchor) -> int:
+        i = parse_anchor(anchor)
+        if not 0 <= i < len(info.anchors):
+            raise AppError(f"Anchor {i} does not exist; '{info.name}' has anchors 0..{len(info.anchors) - 1}.")
+        return i
+
     def _ws(self, s: Session, pipe, req: RenderRequest, parts) -> torch.Tensor:
         if req.source == "anchor":
             owners = [req.identity] + [n for n, _ in parts]
             info = next((s.adapters[n] for n in owners if n in s.adapters and s.adapters[n].anchors is not None), None)
             if info is None:
                 raise AppError("This identity has no anchors (only adapters trained here have them); render from a seed instead.")
-            i = parse_anchor(req.anchor)
-            if not 0 <= i < len(info.anchors):
-                raise AppError(f"Anchor {i} does not exist; '{info.name}' has anchors 0..{len(info.anchors) - 1}.")
+            i = self._anchor_index(info, req.anchor)
             return info.anchors[i : i + 1].to(pipe.device)
         if req.source != "seed":
             raise AppError(f"Unknown source {req.source!r}: use 'seed' or 'anchor'.")
@@ -365,11 +380,8 @@ class AppService:
         s = self.session(sid)
         parts = self._mix(s, req)
         yaw, pitch = self._angles(req)
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, parts)
-            ws = self._ws(s, pipe, req, parts)
-            out = pipe(ws=ws, yaw=yaw, pitch=pitch, return_depth=True)
+        with self._rendering(s, parts) as pipe:
+            out = pipe(ws=self._ws(s, pipe, req, parts), yaw=yaw, pitch=pitch, return_depth=True)
         image = out.images[0]
         return image, colorize_depth(out.depths[0], size=image.width)
 
@@ -381,11 +393,8 @@ class AppService:
         if not 2 <= n <= self.config.max_orbit_frames:
             raise AppError(f"An orbit has 2 to {self.config.max_orbit_frames} frames.")
         parts = self._mix(s, req)
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, parts)
-            ws = self._ws(s, pipe, req, parts)
-            frames = pipe.render_orbit(ws, num_frames=n)
+        with self._rendering(s, parts) as pipe:
+            frames = pipe.render_orbit(self._ws(s, pipe, req, parts), num_frames=n)
         return write_mp4(frames, s.new_path("orbit", ".mp4"))
 
     def mesh(self, sid: str, req: RenderRequest, resolution: Optional[int] = None) -> Path:
@@ -396,42 +405,11 @@ class AppService:
         if not 16 <= r <= self.config.max_mesh_resolution:
             raise AppError(f"Mesh resolution must be between 16 and {self.config.max_mesh_resolution}.")
         parts = self._mix(s, req)
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, parts)
-            ws = self._ws(s, pipe, req, parts)
+        with self._rendering(s, parts) as pipe:
             try:
-                return colored_mesh(pipe, ws, s.new_path("mesh", ".glb"), resolution=r)
+                return colored_mesh(pipe, self._ws(s, pipe, req, parts), s.new_path("mesh", ".glb"), resolution=r)
             except ValueError as e:
                 raise AppError(f"No surface found for this identity and view ({e}).") from e
-
-    def interpolate(self, sid: str, identity: str, anchor_a, anchor_b, num_frames: int = 8, yaw_deg: float = 0.0,
-                    pitch_deg: float = 0.0) -> tuple[list[Image.Image], Path]:
-        """Plain linear interpolation in W between two anchors of one adapter: a strip of frames and an MP4."""
-        from ..personalization.hull import interpolate_anchors
-        from .media import write_mp4
-
-        s = self.session(sid)
-        info = s.adapters.get(identity)
-        if info is None:
-            raise AppError("Choose an adapter trained in this session (its anchors are the training photos' latents).")
-        if info.anchors is None:
-            raise AppError(f"'{identity}' has no anchors (it was loaded without them); interpolate between anchors of a trained adapter.")
-        ia, ib = parse_anchor(anchor_a), parse_anchor(anchor_b)
-        for i in (ia, ib):
-            if not 0 <= i < len(info.anchors):
-                raise AppError(f"Anchor {i} does not exist; '{identity}' has anchors 0..{len(info.anchors) - 1}.")
-        n = int(num_frames)
-        if not 2 <= n <= 60:
-            raise AppError("Interpolation takes 2 to 60 frames.")
-        yaw, pitch = self._angles(RenderRequest(yaw_deg=yaw_deg, pitch_deg=pitch_deg))
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, [(identity, 1.0)])
-            ws = interpolate_anchors(info.anchors[ia].float(), info.anchors[ib].float(), n)
-            frames = [pipe(ws=w[None], yaw=yaw, pitch=pitch, output_type="np").images[0] for w in ws]
-        video = write_mp4(np.stack(frames + frames[::-1]), s.new_path("interpolation", ".mp4"), fps=12)
-        return [Image.fromarray(f) for f in frames], video
 
     # ------------------------------------------------------------------------------------------- personal space
     def _personal(self, s: Session, identity: str) -> AdapterInfo:
@@ -441,6 +419,30 @@ class AppService:
         if info.anchors is None:
             raise AppError(f"'{identity}' has no anchors (it was loaded without them); use an adapter trained here or pushed with its anchors.")
         return info
+
+    def interpolate(self, sid: str, identity: str, anchor_a, anchor_b, num_frames: int = 8, yaw_deg: float = 0.0,
+                    pitch_deg: float = 0.0) -> tuple[list[Image.Image], Path]:
+        """Plain linear interpolation in W between two anchors of one adapter: a strip of frames and an MP4."""
+        from ..personalization.hull import interpolate_anchors
+
+        s = self.session(sid)
+        info = self._personal(s, identity)
+        ia, ib = self._anchor_index(info, anchor_a), self._anchor_index(info, anchor_b)
+        n = int(num_frames)
+        if not 2 <= n <= 60:
+            raise AppError("Interpolation takes 2 to 60 frames.")
+        ws = interpolate_anchors(info.anchors[ia].float(), info.anchors[ib].float(), n)
+        return self._strip(s, identity, ws, self._angles(RenderRequest(yaw_deg=yaw_deg, pitch_deg=pitch_deg)), "interpolation", fps=12)
+
+    def _strip(self, s: Session, identity: str, ws: torch.Tensor, angles: tuple[float, float], stem: str, fps: int):
+        """Frames of ``ws`` [K, num_ws, w_dim] with adapter ``identity`` at one camera, and a looping (ping-pong) MP4."""
+        from .media import write_mp4
+
+        yaw, pitch = angles
+        with self._rendering(s, [(identity, 1.0)]) as pipe:
+            frames = [pipe(ws=w[None], yaw=yaw, pitch=pitch, output_type="np").images[0] for w in ws]
+        video = write_mp4(np.stack(frames + frames[::-1]), s.new_path(stem, ".mp4"), fps=fps)
+        return [Image.fromarray(f) for f in frames], video
 
     def sample_looks(self, sid: str, identity: str, num_samples: int = 8, seed: int = 0) -> list[Image.Image]:
         """New looks of the person: random convex combinations of 3 anchors at random poses (MyStyle synthesis)."""
@@ -452,20 +454,20 @@ class AppService:
         n = int(num_samples)
         if not 1 <= n <= 32:
             raise AppError("Sample 1 to 32 looks at a time.")
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, [(identity, 1.0)])
+        with self._rendering(s, [(identity, 1.0)]) as pipe:
             out = sample_in_hull(pipe, info.anchors, num_samples=n, seed=int(seed))
         return [Image.fromarray(a) for a in to_uint8(out.images)]
 
+    @functools.cached_property
+    def _directions(self) -> dict:
+        from ..assets import resolve_pretrained
+        from ..personalization.editing import load_directions
+
+        folder = Path(str(resolve_pretrained(self.config.base_model)))
+        return load_directions(folder) if folder.is_dir() else {}
+
     def edit_directions(self) -> dict:
         """The base model's semantic directions (``<model>/directions/``, e.g. written by training/fit_directions.py)."""
-        if not hasattr(self, "_directions"):
-            from ..assets import resolve_pretrained
-            from ..personalization.editing import load_directions
-
-            folder = Path(str(resolve_pretrained(self.config.base_model)))
-            self._directions = load_directions(folder) if folder.is_dir() else {}
         return self._directions
 
     def edit(self, sid: str, identity: str, anchor, direction: str, magnitude: float = 2.0, num_frames: int = 5,
@@ -473,7 +475,6 @@ class AppService:
         """Edit one anchor along ``direction`` inside the personal space (alpha-space edit, MyStyle edge ``policy``):
         frames for magnitudes -magnitude..+magnitude (in units of the direction) and an MP4."""
         from ..personalization.editing import EDGE_POLICIES, direction_in_anchor_span, edit_in_hull
-        from .media import write_mp4
 
         s = self.session(sid)
         info = self._personal(s, identity)
@@ -486,21 +487,13 @@ class AppService:
         n, m = int(num_frames), float(magnitude)
         if not 2 <= n <= 24 or not 0 < m <= 20:
             raise AppError("Use 2 to 24 frames and a magnitude between 0 and 20.")
-        i = parse_anchor(anchor)
-        if not 0 <= i < len(info.anchors):
-            raise AppError(f"Anchor {i} does not exist; '{identity}' has anchors 0..{len(info.anchors) - 1}.")
+        i = self._anchor_index(info, anchor)
         A = info.anchors.float()
         alphas = torch.zeros(A.shape[1], len(A))
         alphas[:, i] = 1.0  # the anchor itself, as a point of the hull
         gamma, _ = direction_in_anchor_span(directions[direction], A)
         edits = edit_in_hull(alphas, gamma, A, np.linspace(-m, m, n), policy=policy)
-        yaw, pitch = self._angles(RenderRequest(yaw_deg=yaw_deg))
-        pipe, lock = s.render_context()
-        with lock:
-            self._activate(pipe, [(identity, 1.0)])
-            frames = [pipe(ws=w[None], yaw=yaw, pitch=pitch, output_type="np").images[0] for w in edits.ws]
-        video = write_mp4(np.stack(frames + frames[::-1]), s.new_path("edit", ".mp4"), fps=8)
-        return [Image.fromarray(f) for f in frames], video
+        return self._strip(s, identity, edits.ws, self._angles(RenderRequest(yaw_deg=yaw_deg)), "edit", fps=8)
 
     # ------------------------------------------------------------------------------------------- Hub
     @staticmethod
