@@ -133,6 +133,7 @@ def downstream(pipe, name, anchors, refs, test_images, test_labels, test_params,
 
     R = pipe.generator.img_resolution
     mask = lower_face_mask(R)
+    spans = {attr: direction_in_anchor_span(d, anchors) for attr, d in directions.items()}  # gamma, cosine per attribute
     acc = {}
     for img, c, p in zip(test_images, test_labels, test_params):
         img, c = img[None], c[None]
@@ -150,8 +151,7 @@ def downstream(pipe, name, anchors, refs, test_images, test_labels, test_params,
         for k, v in novel_view_metrics(pipe, sr.ws, identity, p, encoder).items():
             acc.setdefault(f"sr.{k}", []).append(v)
         proj = project_to_hull(pipe, img, c, anchors, steps=args.hull_steps, progress=False)
-        for attr, d in directions.items():
-            gamma, cos = direction_in_anchor_span(d, anchors)
+        for attr, (gamma, cos) in spans.items():
             acc.setdefault(f"edit.{attr}.span_cosine", []).append(float(cos.mean()))
             m = args.edit_magnitude * w_std
             edits = edit_in_hull(proj.alphas, gamma, anchors, [-m, m], policy="continue")

@@ -198,14 +198,12 @@ def edit_in_hull(
     ws, used, outside = [], [], []
     for m in magnitudes:
         m = float(m)
-        edited = a + m * gamma
-        out = bool((edited < -beta - 1e-6).any())
+        out = bool((a + m * gamma < -beta - 1e-6).any())
         outside.append(out)
-        w = hull_ws(edited[None], A)
         if out and policy == "stop":
             m = float(np.sign(m)) * _edge_magnitude(a, gamma, beta, float(np.sign(m)))
-            w = hull_ws((a + m * gamma)[None], A)
-        elif out and policy == "project":
+        w = hull_ws((a + m * gamma)[None], A)
+        if out and policy == "project":
             w, _ = project_w_to_hull(w, A, beta)
         ws.append(w)
         used.append(m)

@@ -34,15 +34,11 @@ def ground_truth_view(identity: IdentityParams, params: ImageParams, resolution:
     return to_tensor(render(identity, view, resolution=resolution)), torch.from_numpy(view.camera_label()).float()[None]
 
 
-def _embed(encoder, images: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize((encoder.embed if hasattr(encoder, "embed") else encoder)(images).float(), dim=-1)
-
-
 @torch.no_grad()
 def novel_view_metrics(pipe, ws: torch.Tensor, identity: IdentityParams, params: ImageParams, encoder=None, yaws: Sequence[float] = NOVEL_YAWS) -> dict:
     """Render ``ws`` [1, num_ws, w_dim] at each yaw (the image's pitch) and compare with the ground truth:
     ``{"psnr_novel", "ssim_novel", "id_novel"}`` averaged over the views (``id_novel`` only with an ``encoder``)."""
-    from ..metrics import psnr, ssim
+    from ..metrics import id_reconstruction_similarity, psnr, ssim
 
     G = pipe.generator
     rows: dict = {"psnr_novel": [], "ssim_novel": []}
@@ -52,7 +48,7 @@ def novel_view_metrics(pipe, ws: torch.Tensor, identity: IdentityParams, params:
         rows["psnr_novel"].append(psnr(img, gt).item())
         rows["ssim_novel"].append(ssim(img, gt).item())
         if encoder is not None:
-            rows.setdefault("id_novel", []).append(float((_embed(encoder, img) * _embed(encoder, gt)).sum()))
+            rows.setdefault("id_novel", []).append(id_reconstruction_similarity(img, gt, encoder).mean)
     return {k: float(np.mean(v)) for k, v in rows.items()}
 
 
@@ -71,7 +67,7 @@ def evaluate_inversions(
     """Invert each of ``images`` [N, 3, R, R] (cameras ``labels`` [N, 25], ground truth ``params``) with ``steps``
     W-projection steps into ``pipe`` as it renders now, and measure input and novel views (module doc).
     ``distances``: ``{name: module(x, y) -> [B]}`` applied at the input view. Returns (means, per-image rows)."""
-    from ..metrics import psnr, ssim
+    from ..metrics import id_reconstruction_similarity, psnr, ssim
     from ..personalization.pti import adapted_pipeline, project_to_adapted_w
 
     if not (len(images) == len(labels) == len(params)):
@@ -85,7 +81,7 @@ def evaluate_inversions(
             rec = pipe.generator.synthesis(ws, c.to(pipe.device), noise_mode="const", deterministic=True)["image"].clamp(-1, 1).cpu()
             row = {"psnr_input": psnr(rec, img).item(), "ssim_input": ssim(rec, img).item()}
             if encoder is not None:
-                row["id_input"] = float((_embed(encoder, rec) * _embed(encoder, img)).sum())
+                row["id_input"] = id_reconstruction_similarity(rec, img, encoder).mean
             for name, d in (distances or {}).items():
                 row[f"{name}_input"] = float(d(rec, img).mean())
         row.update(novel_view_metrics(pipe, ws, identity, p, encoder, yaws))
