@@ -18,16 +18,14 @@ from safetensors.torch import load_file
 from hub_fixtures import hub_endpoint, hub_server  # noqa: F401 (fixtures)
 from my3dgen_hf.personalization import PersonalizationError
 from test_personalization_helpers import identity_images, tiny_prior, write_eg3d_dataset
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "personalize.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("personalize_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(str(SCRIPT.relative_to(ROOT)), "personalize_script")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """The SynthObjects CLIP and text-to-image training scripts at toy size, and the CLIP tokenizer helpers."""
 
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,8 @@ from my3dgen_hf.synthetic.clip_tokenizer import (
     tokenizer_bpe,
     write_clip_tokenizer_files,
 )
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [
     "a red chair with a high slatted back, four thin black legs and armrests",
     "a low round blue table with a thick pedestal",
@@ -29,11 +27,7 @@ CAPTIONS = [
 
 
 def _load(name):
-    sys.path.insert(0, str(ROOT / "training"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"training/{name}.py")
 
 
 clip_train = _load("train_synthobjects_clip")

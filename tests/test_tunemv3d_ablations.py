@@ -1,8 +1,6 @@
 """The supplement's ablation switches: no raw x_t into encoder O, and rendering features instead of x0."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,8 @@ from my3dgen_hf.tunemv3d import TuneMV3DInteractiveModel, TuneMV3DModulationMode
 from my3dgen_hf.tunemv3d.modulation import NoRawXtEncoder
 from my3dgen_hf.tunemv3d.toy_data import make_toy_dataset
 from tunemv3d_tiny import TINY_INTERACTIVE, save_tiny_sd, tiny_sd_components
+from script_loader import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _randomize(modulation, seed=0):
@@ -85,9 +83,7 @@ def test_rendered_features_feed_encoder_o_and_round_trip(tmp_path):
 
 
 def test_training_script_ablation_flags(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_tunemv3d", ROOT / "training" / "train_tunemv3d.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script("training/train_tunemv3d.py")
     sd, data = save_tiny_sd(tmp_path / "sd"), make_toy_dataset(tmp_path / "data", num_objects=2, num_views=4, resolution=16)
     out = tmp_path / "run"
     result = train.main(train.parse_args([

@@ -1,9 +1,7 @@
 """my3dgen_hf/tunemv3d/evaluation.py and benchmarks/tunemv3d_eval.py on tiny models and SynthObjects renders."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,18 +29,11 @@ from my3dgen_hf.tunemv3d.evaluation import (
     view_phrase,
 )
 from tunemv3d_tiny import TINY_INTERACTIVE, randomize_zero_convs, save_tiny_sd, tiny_pipeline, tiny_sd_components, tiny_sd_pipeline, tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("tunemv3d_eval", ROOT / "benchmarks" / "tunemv3d_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
-bench = _load_benchmark()
+
+bench = load_script("benchmarks/tunemv3d_eval.py")
 
 
 def _on_white(rgba: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """The multi-view dataset layout and training/train_tunemv3d.py on a tiny generated dataset."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,18 +14,12 @@ from my3dgen_hf.pipelines.tunemv3d import TuneMV3DPipeline
 from my3dgen_hf.tunemv3d.data import MultiViewDataset, collate, read_cameras
 from my3dgen_hf.tunemv3d.toy_data import make_toy_dataset
 from tunemv3d_tiny import TINY_INTERACTIVE, save_tiny_sd
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_tunemv3d", ROOT / "training" / "train_tunemv3d.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_script()
+train = load_script("training/train_tunemv3d.py")
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +140,7 @@ def test_validation_images_and_cli(assets):
 
 
 def test_memory_benchmark_worker(capsys):
-    spec = importlib.util.spec_from_file_location("tunemv3d_memory", ROOT / "benchmarks" / "tunemv3d_memory.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/tunemv3d_memory.py")
     bench.main(["--views", "3", "--n", "3", "--steps", "1", "--warmup", "0", "--device", "cpu", "--view_chunk_size", "2"])
     result = json.loads(capsys.readouterr().out.split("RESULT ", 1)[1])
     assert result["n"] == 3 and result["train_step_s"] > 0 and result["infer_step_s"] > 0 and "train_peak_rss_mib" in result
