@@ -18,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..utils.io import atomic_path
 
 __all__ = [
     "BEARD_STYLES",
@@ -1229,16 +1229,8 @@ def render_image(seed: int, identity_id: int, image_index: int, resolution: int 
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _atomic_write_json(path: Path, obj) -> None:
@@ -1248,10 +1240,8 @@ def _atomic_write_json(path: Path, obj) -> None:
 def _save_png(path: Path, img: np.ndarray) -> None:
     from PIL import Image
 
-    path = Path(path)
-    tmp = path.with_name("." + path.name + f".{os.getpid()}.tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def _render_job(job):

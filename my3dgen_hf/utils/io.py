@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -14,13 +15,12 @@ PathLike = Union[str, os.PathLike]
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed over ``path`` (os.replace is atomic),
-    on error it is removed and ``path`` is untouched."""
+    """Yield a temporary path beside ``path`` for the block to write; on success it is renamed over ``path``
+    (os.replace is atomic), on error it is removed and ``path`` is untouched. The temporary file is not created in
+    advance, so the result has the permissions of any normal write (mkstemp's would be owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix if suffix is not None else path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
