@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("gradio", reason="the app needs gradio: pip install -e '.[app]'")
 
-from e2e.app_support import OutboundGuard, app_config, launched_app, save_tiny_base  # noqa: E402
+from e2e.app_support import OutboundGuard, app_config, launched_app, save_tiny_base, save_tiny_text_to_3d  # noqa: E402
 from hub_fixtures import hub_endpoint, hub_server  # noqa: E402,F401  (pytest fixtures)
 from hub_server import READ_TOKEN, WRITE_TOKEN  # noqa: E402
 
@@ -255,6 +255,41 @@ def test_render_depth_orbit_mesh_interpolation(service):
         service.render("r", RenderRequest(identity="base", source="anchor", anchor=0))
     with pytest.raises(AppError, match="Yaw"):
         service.render("r", RenderRequest(yaw_deg=200))
+
+
+# ------------------------------------------------------------------------------------------ text to 3D
+def test_text_to_3d_views_video_and_coloured_mesh(base_dir, tmp_path):
+    import imageio.v2 as imageio
+    import trimesh
+
+    model = save_tiny_text_to_3d(tmp_path / "tiny_t3d")
+    svc = AppService(app_config(base_dir, tmp_path / "sessions", text_to_3d_model=str(model), text_to_3d_steps=2, orbit_frames=4,
+                                text_to_3d_mesh_resolution=24))
+    try:
+        views, video, glb = svc.text_to_3d("t", "a red chair", seed=3)
+        assert len(views) == 8 and views[0].size == (128, 128)  # 16 px views shown at 128
+        reader = imageio.get_reader(video, format="FFMPEG")
+        assert reader.count_frames() == 4 and reader.get_meta_data()["size"] == (128, 128)
+        reader.close()
+        mesh = trimesh.load(glb, force="mesh")
+        assert glb.suffix == ".glb" and len(mesh.faces) > 100 and mesh.visual.kind == "vertex"
+        again, _, _ = svc.text_to_3d("t", "a red chair", seed=3)
+        other, _, _ = svc.text_to_3d("t", "a red chair", seed=4)
+        assert np.array_equal(np.asarray(again[0]), np.asarray(views[0]))  # the seed fixes the sample
+        assert not np.array_equal(np.asarray(other[0]), np.asarray(views[0]))
+        assert glb.parent.parent == svc.session("t").dir  # files go to the caller's session folder
+        with pytest.raises(AppError, match="Type a prompt"):
+            svc.text_to_3d("t", "   ")
+        with pytest.raises(AppError, match="denoising steps"):
+            svc.text_to_3d("t", "a chair", steps=10_000)
+    finally:
+        svc.shutdown()
+    broken = AppService(app_config(base_dir, tmp_path / "s2", text_to_3d_model=str(tmp_path / "missing")))
+    try:
+        with pytest.raises(AppError, match="MY3DGEN_TEXT_TO_3D_MODEL"):
+            broken.text_to_3d("t", "a chair")
+    finally:
+        broken.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ Hub

@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("gradio", reason="the app needs gradio: pip install -e '.[app]'")
 pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
 
-from e2e.app_support import app_config, launched_app, save_tiny_base  # noqa: E402
+from e2e.app_support import app_config, launched_app, save_tiny_base, save_tiny_text_to_3d  # noqa: E402
 from hub_fixtures import hub_endpoint, hub_server  # noqa: E402,F401  (pytest fixtures)
 from hub_server import WRITE_TOKEN  # noqa: E402
 
 ENDPOINTS = {
     "/demo_identity", "/check_photos", "/train", "/stop", "/resume", "/training_status", "/render", "/orbit", "/mesh",
-    "/interpolate", "/sample_looks", "/edit", "/push_to_hub", "/load_from_hub", "/list_adapters",
+    "/interpolate", "/sample_looks", "/edit", "/text_to_3d", "/push_to_hub", "/load_from_hub", "/list_adapters",
 }
 RENDER_ARGS = dict(mix_=None, w_=1.0, source_="seed", seed_=0, anchor_=None, yaw_=0, pitch_=0, trunc_=0.7)
 
@@ -27,7 +27,8 @@ RENDER_ARGS = dict(mix_=None, w_=1.0, source_="seed", seed_=0, anchor_=None, yaw
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     base = save_tiny_base(tmp_path_factory.mktemp("tiny_base"))
-    cfg = app_config(base, tmp_path_factory.mktemp("sessions"))
+    t3d = save_tiny_text_to_3d(tmp_path_factory.mktemp("tiny_t3d"))
+    cfg = app_config(base, tmp_path_factory.mktemp("sessions"), text_to_3d_model=str(t3d), text_to_3d_steps=2, text_to_3d_mesh_resolution=24)
     with launched_app(cfg) as (demo, url):
         yield demo, url
 
@@ -103,6 +104,12 @@ def test_personalize_render_share_flow(app, hub_endpoint, hub_server, tmp_path):
     anchor1, _ = c.predict(*render_args("alice", source_="anchor", anchor_="anchor 1: img_00001.png"), api_name="/render")
     assert np.abs(middle.astype(int) - _image(anchor1).astype(int)).max() <= 1
 
+    # text to 3D (the tiny TuneMV3D): 8 views, an orbit video and a coloured GLB
+    views, video, model, download = c.predict("a red chair", 1, 2, 3.0, 20, api_name="/text_to_3d")
+    assert len(views) == 8 and _image(views[0]["image"]).shape == (128, 128, 3)
+    assert Path(video["video"] if isinstance(video, dict) else video).suffix == ".mp4"
+    assert Path(model).suffix == ".glb" and Path(download).read_bytes()[:4] == b"glTF"
+
     # Hub: push, then a second client (another session) pulls it by repo id and revision
     out = c.predict("alice", "tester/api-alice", WRITE_TOKEN, True, api_name="/push_to_hub")
     assert "Pushed" in out and "tester/api-alice" in out
@@ -123,6 +130,7 @@ def test_personalize_render_share_flow(app, hub_endpoint, hub_server, tmp_path):
         (lambda: c.predict("base", "anchor 0", "anchor 1", 3, 0, api_name="/interpolate"), "Choose an adapter"),
         (lambda: c.predict("alice", "anchor 0", "frown", 2.0, 3, "stop", 0, api_name="/edit"), "Unknown edit direction"),
         (lambda: c.predict("base", 3, 0, api_name="/sample_looks"), "Choose an adapter"),
+        (lambda: c.predict("", 0, 2, 3.0, 20, api_name="/text_to_3d"), "Type a prompt"),
         (lambda: other.predict("x", 1, 3, 2, 0, api_name="/train"), "No photos to train on"),
     ]
     for call, message in cases:

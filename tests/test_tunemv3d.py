@@ -179,6 +179,35 @@ def test_extract_mesh_of_the_initial_sphere(tmp_path):
     assert (tmp_path / "box.glb").stat().st_size > 0
 
 
+def test_view_colors_take_the_facing_view():
+    from my3dgen_hf.tunemv3d.cameras import view_colors
+
+    cams = ring_cameras(4, 0.0)  # azimuths 0, 90, 180, 270 degrees
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])
+    images = colors[:, :, None, None].expand(4, 3, 8, 8).clone()
+    to_cams = torch.nn.functional.normalize(cams[:, 3:12:4], dim=-1)  # camera centres: column 3 of cam2world
+    points = 0.1 * to_cams  # near the origin, each facing one camera
+    got = view_colors(points, to_cams, images, cams)
+    assert torch.allclose(got, colors, atol=1e-5)  # a point facing exactly one camera takes that view's colour
+    mixed = view_colors(torch.zeros(1, 3), torch.nn.functional.normalize(to_cams[0] + to_cams[1], dim=0)[None], images, cams)
+    assert torch.allclose(mixed, torch.tensor([[0.5, 0.5, 0.0]]), atol=1e-5)  # halfway between two views: their mean
+    down = view_colors(points[:1], torch.tensor([[0.0, -1.0, 0.0]]), images, cams)
+    assert torch.allclose(down, colors.mean(0, keepdim=True), atol=1e-5)  # no view faces it: the views' mean
+
+
+def test_extract_mesh_colours_vertices_from_the_views(tmp_path):
+    pipe = tiny_pipeline()
+    out = pipe(PROMPT, num_views=4, num_inference_steps=1, output_type="pt")
+    red = torch.zeros_like(out.images)
+    red[:, 0] = 1.0
+    mesh = pipe.extract_mesh(out.field, resolution=24, views=red, output_path=tmp_path / "red.glb")
+    loaded = trimesh.load(tmp_path / "red.glb", force="mesh")
+    assert loaded.visual.kind == "vertex"
+    assert (np.asarray(loaded.visual.vertex_colors)[:, :3] == [255, 0, 0]).all() and len(mesh.faces) > 100
+    with pytest.raises(ValueError, match="views must be"):
+        pipe.extract_mesh(out.field, resolution=16, views=red[:2])
+
+
 def test_orbit_video(tmp_path):
     pipe = tiny_pipeline()
     out = pipe(PROMPT, num_views=2, num_inference_steps=1, output_type="np")

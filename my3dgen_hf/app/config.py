@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from ..assets import DEFAULT_EG3D_MODEL
+from ..assets import DEFAULT_EG3D_MODEL, DEFAULT_TUNEMV3D_MODEL
 
 ENV_PREFIX = "MY3DGEN_"
 
@@ -51,6 +51,12 @@ class AppConfig:
     max_orbit_frames: int = 120
     mesh_resolution: int = 96
     max_mesh_resolution: int = 256
+    # Text to 3D (the "Text to 3D" tab): a TuneMV3D pipeline, loaded on first use.
+    text_to_3d_model: str = DEFAULT_TUNEMV3D_MODEL
+    text_to_3d_steps: int = 50       # TuneMV3DPipeline's default
+    max_text_to_3d_steps: int = 100
+    text_to_3d_guidance: float = 3.0
+    text_to_3d_mesh_resolution: int = 64
     # Where per-session folders go (default: a fresh folder in the system temp dir, removed at exit).
     tmp_dir: Optional[str] = None
     torch_threads: int = 0  # 0: leave torch's default
@@ -68,8 +74,10 @@ class AppConfig:
         return cfg
 
     def validate(self):
-        for name in ("max_sessions", "max_upload_files", "train_concurrency", "render_concurrency", "max_train_steps", "max_rank"):
+        for name in ("max_sessions", "max_upload_files", "train_concurrency", "render_concurrency", "max_train_steps", "max_rank",
+                     "max_text_to_3d_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.default_train_steps = min(self.default_train_steps, self.max_train_steps)
         self.default_projection_steps = min(self.default_projection_steps, self.max_projection_steps)
+        self.text_to_3d_steps = min(self.text_to_3d_steps, self.max_text_to_3d_steps)

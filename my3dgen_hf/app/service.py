@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,6 +495,64 @@ class AppService:
         gamma, _ = direction_in_anchor_span(directions[direction], A)
         edits = edit_in_hull(alphas, gamma, A, np.linspace(-m, m, n), policy=policy)
         return self._strip(s, identity, edits.ws, self._angles(RenderRequest(yaw_deg=yaw_deg)), "edit", fps=8)
+
+    # ------------------------------------------------------------------------------------------- text to 3D
+    @functools.cached_property
+    def _text_to_3d(self) -> tuple:
+        """(pipeline, lock): the TuneMV3D model, loaded on first use and shared by all sessions. It holds no per-user
+        state, but its scheduler's timesteps do change per call, hence the lock."""
+        from ..pipelines.tunemv3d import TuneMV3DPipeline
+
+        name = self.config.text_to_3d_model
+        try:
+            pipe = TuneMV3DPipeline.from_pretrained(name)
+        except Exception as e:
+            raise AppError(
+                f"Could not load the text-to-3D model {name!r} ({e.__class__.__name__}: {e}). Set MY3DGEN_TEXT_TO_3D_MODEL "
+                "to a folder written by training/train_tunemv3d.py, or leave it at the shipped my3dgen-hf/demo-synthobjects."
+            ) from e
+        for model in (pipe.unet, pipe.interactive, pipe.modulation, pipe.text_encoder, pipe.vae):
+            if model is not None:
+                model.eval().requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, threading.Lock()
+
+    def text_to_3d(self, sid: str, prompt: str, seed: int = 0, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+                   num_views: int = 8, elevation_deg: float = 20.0, display_size: int = 128) -> tuple[list[Image.Image], Path, Path]:
+        """TuneMV3D: ``num_views`` views of one object denoised jointly on a ring at ``elevation_deg``, an orbit video
+        of its NeuS field and its mesh (GLB, vertex colours from the views). Returns (views, mp4 path, glb path)."""
+        from ..utils.export import export_mesh, to_uint8
+        from .media import write_mp4
+
+        s = self.session(sid)
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise AppError("Type a prompt, e.g. \"a red chair with four thin legs and armrests\".")
+        if len(prompt) > 300:
+            raise AppError("Keep the prompt under 300 characters.")
+        cfg = self.config
+        steps = int(steps or cfg.text_to_3d_steps)
+        guidance = float(cfg.text_to_3d_guidance if guidance_scale is None else guidance_scale)
+        if not 1 <= steps <= cfg.max_text_to_3d_steps:
+            raise AppError(f"Use 1 to {cfg.max_text_to_3d_steps} denoising steps.")
+        if not 1.0 <= guidance <= 20.0 or not 2 <= int(num_views) <= 16 or not -60.0 <= float(elevation_deg) <= 60.0:
+            raise AppError("Use a guidance scale between 1 and 20, 2 to 16 views and an elevation between -60 and 60 degrees.")
+        pipe, lock = self._text_to_3d
+        with lock:
+            generator = torch.Generator(pipe.device).manual_seed(int(seed))
+            out = pipe(prompt, num_views=int(num_views), num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                       elevation=float(elevation_deg), output_type="pt")
+            frames = pipe.render_orbit(out.field, num_frames=int(cfg.orbit_frames), elevation=float(elevation_deg))
+            try:
+                mesh = pipe.extract_mesh(out.field, resolution=int(cfg.text_to_3d_mesh_resolution), views=out.images)
+            except ValueError as e:  # no zero crossing: the field is empty or fills the cube
+                raise AppError(f"This sample has no surface to mesh ({e}); try another seed.") from e
+        views = [Image.fromarray(a) for a in to_uint8(out.images * 2 - 1)]
+        size = max(int(display_size), views[0].width)
+        views = [v.resize((size, size), Image.LANCZOS) for v in views]
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.LANCZOS)) for f in frames])
+        video = write_mp4(frames, s.new_path("text-to-3d", ".mp4"), fps=12)
+        return views, video, export_mesh(mesh, s.new_path("text-to-3d", ".glb"))
 
     # ------------------------------------------------------------------------------------------- Hub
     @staticmethod

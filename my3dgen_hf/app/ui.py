@@ -411,6 +411,44 @@ def personal_space_tab(service: AppService, shared: Shared):
     return {}
 
 
+def text_to_3d_tab(service: AppService, shared: Shared):
+    from ..synthetic.synthobjects import caption, sample_object
+    from ..tunemv3d.evaluation import HELD_OUT_OFFSET
+
+    cfg = service.config
+    # captions of objects no shipped model was trained on (SynthObjects world 1, held-out ids)
+    examples = [[caption(sample_object(1, HELD_OUT_OFFSET + i, "mixed"))] for i in range(4)]
+    with gr.Tab("Text to 3D", id="text-to-3d"):
+        gr.Markdown(f"TuneMV3D (`{html.escape(cfg.text_to_3d_model)}`): a frozen text-to-image model denoises 8 views of one "
+                    "object jointly through a NeuS field, which then gives an orbit video and a mesh. The shipped demo knows "
+                    "SynthObjects' chairs and tables.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Prompt", max_lines=2, value=examples[0][0], elem_id="t3d-prompt")
+                gr.Examples(examples, [prompt], label="Held-out captions")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                    steps = gr.Slider(1, cfg.max_text_to_3d_steps, value=cfg.text_to_3d_steps, step=1, label="Denoising steps")
+                guidance = gr.Slider(1, 12, value=cfg.text_to_3d_guidance, step=0.5, label="Guidance scale")
+                elevation = gr.Slider(0, 45, value=20, step=1, label="Camera elevation (degrees)")
+                go = gr.Button("Generate", variant="primary", elem_id="t3d-btn")
+            with gr.Column(scale=3):
+                views = gr.Gallery(label="8 views", columns=4, height=300, format="png", elem_id="t3d-views")
+                video = gr.Video(label="Orbit of the NeuS field", height=240, interactive=False, autoplay=True, loop=True)
+                model = gr.Model3D(label="Mesh", height=300, clear_color=(1.0, 1.0, 1.0, 1.0))
+                download = gr.File(label="Download mesh (GLB)")
+
+    @guarded
+    def generate(prompt_, seed_, steps_, guidance_, elevation_, request: gr.Request):
+        images, path, glb = service.text_to_3d(_sid(request), prompt_, int(seed_ or 0), int(steps_), float(guidance_),
+                                               elevation_deg=float(elevation_))
+        return images, str(path), str(glb), str(glb)
+
+    go.click(generate, [prompt, seed, steps, guidance, elevation], [views, video, model, download], api_name="text_to_3d",
+             concurrency_limit=service.config.render_concurrency, concurrency_id="render")
+    return {}
+
+
 def hub_tab(service: AppService, shared: Shared):
     with gr.Tab("Hub", id="hub"):
         gr.Markdown("Share an adapter (a few hundred KB) with its model card, or load one by repo id. The Hub is only "
@@ -453,7 +491,7 @@ def hub_tab(service: AppService, shared: Shared):
 
 
 #: The tabs, in order. A later task adds one by writing ``def my_tab(service, shared) -> dict`` and listing it here.
-TABS = [personalize_tab, render_tab, interpolate_tab, personal_space_tab, hub_tab]
+TABS = [personalize_tab, render_tab, interpolate_tab, personal_space_tab, text_to_3d_tab, hub_tab]
 
 
 # ----------------------------------------------------------------------------------------------- the app

@@ -13,8 +13,10 @@ SHIPPED_MODELS = {
     "my3dgen-hf/demo-synthheads": "demo-synthheads",
     "my3dgen-hf/synthheads-identity-encoder": "synthheads-identity-encoder",
     "my3dgen-hf/demo-synthobjects": "demo-synthobjects",
+    "my3dgen-hf/synthobjects-clip": "synthobjects-clip",
 }
 DEFAULT_EG3D_MODEL = "my3dgen-hf/demo-synthheads"
+DEFAULT_TUNEMV3D_MODEL = "my3dgen-hf/demo-synthobjects"
 
 
 def resolve_pretrained(name_or_path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:

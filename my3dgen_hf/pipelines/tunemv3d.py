@@ -24,7 +24,8 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..tunemv3d.cameras import camera_labels, orbit_cameras, ring_cameras
+from ..assets import resolve_pretrained
+from ..tunemv3d.cameras import camera_labels, orbit_cameras, ring_cameras, view_colors
 from ..tunemv3d.denoiser import predict_noise
 from ..tunemv3d.interactive import TuneMV3DField, TuneMV3DInteractiveModel
 from ..tunemv3d.lora import TuneMV3DLoraLoaderMixin
@@ -74,7 +75,9 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved TuneMV3D pipeline; a folder without interactive/modulation modules (e.g. Stable Diffusion
-        as ``StableDiffusionPipeline.save_pretrained`` writes it) goes through :meth:`from_pretrained_base`."""
+        as ``StableDiffusionPipeline.save_pretrained`` writes it) goes through :meth:`from_pretrained_base`.
+        ``"my3dgen-hf/demo-synthobjects"`` is the small model that ships with the package (found without network)."""
+        pretrained_model_name_or_path = resolve_pretrained(pretrained_model_name_or_path)
         index = cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
         if all(index.get(name, [None])[0] is not None for name in ("interactive", "modulation")):
             for unused in ("interactive_kwargs", "modulation_kwargs"):  # only for fresh modules
@@ -98,6 +101,7 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
         model_kwargs = {k: kwargs.pop(k) for k in ("variant", "use_safetensors") if k in kwargs}
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        pretrained_model_name_or_path = resolve_pretrained(pretrained_model_name_or_path)
         index = cls.load_config(pretrained_model_name_or_path, **hub)
 
         def load(name, is_model=True):
@@ -263,12 +267,19 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
         output_path: Optional[PathLike] = None,
         index: int = 0,
         chunk: int = 65536,
+        views: Optional[torch.Tensor] = None,
+        cameras: Optional[torch.Tensor] = None,
     ):
         """Marching cubes on the SDF (negative inside) at ``level`` inside the cube [-bound, bound]^3 (default: the
         renderer's bounding sphere). ``field``: a ``TuneMV3DField`` (object ``index``) or any callable
-        points [M, 3] -> sdf [M]. Returns a ``trimesh.Trimesh``; writes PLY/GLB/OBJ/STL when ``output_path`` is given."""
+        points [M, 3] -> sdf [M]. ``views``: the object's sampled images [n, 3, H, W] in [0, 1] (``output_type="pt"``)
+        to colour the vertices with (:func:`~my3dgen_hf.tunemv3d.cameras.view_colors`), at ``cameras`` [n, 25]
+        (default: the field's). Returns a ``trimesh.Trimesh``; writes PLY/GLB/OBJ/STL when ``output_path`` is given."""
         if isinstance(field, TuneMV3DField):
             field = field[index]
+            cameras = field.cameras[0] if cameras is None else cameras
+        if views is not None and cameras is None:
+            raise ValueError("views need their cameras: pass cameras [n, 25] (or a TuneMV3DField, which has them)")
         bound = float(bound if bound is not None else self.interactive.config.bound)
         device = self._execution_device
 
@@ -278,6 +289,13 @@ class TuneMV3DPipeline(DiffusionPipeline, TuneMV3DLoraLoaderMixin):
         # skimage's default gradient direction makes faces point outward for a field that is negative inside.
         volume = sample_grid(sdf, resolution, [-bound] * 3, [bound] * 3, chunk=chunk, device=device)
         mesh = marching_cubes_mesh(volume, level, [-bound] * 3, [bound] * 3)
+        if views is not None:
+            views, cameras = torch.as_tensor(views).cpu(), torch.as_tensor(cameras).reshape(-1, 25).cpu()
+            if views.ndim != 4 or views.shape[1] != 3 or views.shape[0] != cameras.shape[0]:
+                raise ValueError(f"views must be [n, 3, H, W] images of the n = {cameras.shape[0]} cameras, got {tuple(views.shape)}")
+            rgb = view_colors(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.vertex_normals, dtype=torch.float32), views, cameras)
+            rgba = torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
+            mesh.visual.vertex_colors = (rgba * 255).round().to(torch.uint8).numpy()
         if output_path is not None:
             export_mesh(mesh, output_path)
         return mesh

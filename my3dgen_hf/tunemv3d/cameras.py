@@ -102,3 +102,27 @@ def project_points(points: torch.Tensor, cameras: torch.Tensor) -> tuple[torch.T
     xy = p_cam[..., :2] / z.clamp(min=1e-6)[..., None]
     uv = xy * torch.stack([K[..., 0, 0], K[..., 1, 1]], -1)[:, :, None] + K[..., :2, 2][:, :, None]
     return uv, z
+
+
+def view_colors(points: torch.Tensor, normals: torch.Tensor, images: torch.Tensor, cameras: torch.Tensor, sharpness: float = 4.0) -> torch.Tensor:
+    """Colours of surface points [P, 3] (unit ``normals`` [P, 3]) from the n views that face them.
+
+    Each view's pixel at the point's projection is weighted by max(0, normal . direction to the camera)^``sharpness``
+    (views looking straight at the surface dominate; the views' blur at grazing angles is kept out). Occlusion is
+    not tested: the views of one object rarely see a point's back through another part at these weights.
+    ``images`` [n, 3, H, W] in [0, 1] at ``cameras`` [n, 25]; points no view faces get the views' mean colour.
+    Returns [P, 3] in [0, 1].
+    """
+    uv, z = project_points(points[None].float(), cameras[None].float())  # [1, n, P, 2], [1, n, P]
+    uv, z = uv[0], z[0]
+    # grid_sample's (x, y) in [-1, 1] spans the image edges when align_corners=False: x = 2u - 1, y = 2v - 1
+    sampled = torch.nn.functional.grid_sample(images.float(), (2 * uv - 1)[:, :, None], align_corners=False, padding_mode="border")
+    sampled = sampled[..., 0].permute(0, 2, 1)  # [n, P, 3]
+    cam2world, _ = split_labels(cameras.float())
+    to_camera = torch.nn.functional.normalize(cam2world[:, None, :3, 3] - points[None].float(), dim=-1)  # [n, P, 3]
+    weight = (to_camera * normals[None].float()).sum(-1).clamp(min=0) ** sharpness  # [n, P]
+    weight = weight * ((z > 0) & (uv >= 0).all(-1) & (uv <= 1).all(-1))
+    total = weight.sum(0)  # [P]
+    colors = (weight[..., None] * sampled).sum(0) / total.clamp(min=1e-8)[:, None]
+    fallback = images.float().mean(dim=(0, 2, 3))
+    return torch.where(total[:, None] > 1e-8, colors, fallback).clamp(0, 1)

@@ -37,6 +37,16 @@ def save_tiny_base(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_text_to_3d(folder: Path) -> Path:
+    """The tiny TuneMV3D pipeline of tests/tunemv3d_tiny.py, saved as a folder (the app's text-to-3D model)."""
+    from tunemv3d_tiny import tiny_pipeline
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
