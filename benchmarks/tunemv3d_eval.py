@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from my3dgen_hf.assets import ASSETS, SHIPPED_MODELS, resolve_pretrained
+from my3dgen_hf.assets import resolve_pretrained
 from my3dgen_hf.metrics.clip_rprecision import CLIPRPrecision
 from my3dgen_hf.pipelines.tunemv3d import TuneMV3DPipeline
 from my3dgen_hf.synthetic.synthobjects import chamfer_distance, object_points, render_views
@@ -63,9 +63,8 @@ from my3dgen_hf.tunemv3d.evaluation import (
     sample_tunemv3d_views,
 )
 
-DEMO_MODEL = "my3dgen-hf/demo-synthobjects"
-# Where each model sits inside a shipped / given folder; a folder without the subfolder is the model itself.
-SUBFOLDERS = {"base": "base", "tunemv3d": "tunemv3d", "clip": "clip"}
+DEMO_MODEL = "my3dgen-hf/demo-synthobjects"  # a TuneMV3D pipeline: its frozen unet/vae/text encoder are the base
+DEMO_CLIP = "my3dgen-hf/synthobjects-clip"
 DEFAULT_STEPS = 50  # TuneMV3DPipeline.__call__'s default
 TRAINING_SUMMARY = "tunemv3d_training.json"  # written by training/train_tunemv3d.py
 
@@ -78,10 +77,10 @@ QUICK = dict(num_captions=2, num_candidates=8, steps=2, fit_steps=20, fit_resolu
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--base_model", default=DEMO_MODEL, help="the frozen 2D text-to-image model: a Stable Diffusion folder (or a TuneMV3D "
-      f"folder: its frozen base), or a folder with a '{SUBFOLDERS['base']}/' subfolder (default: {DEMO_MODEL})")
-    a("--tunemv3d_model", default=DEMO_MODEL, help=f"a TuneMV3D pipeline folder, or one with '{SUBFOLDERS['tunemv3d']}/' (default: {DEMO_MODEL})")
-    a("--clip_model", default=DEMO_MODEL, help=f"a transformers CLIPModel folder with its tokenizer, or one with '{SUBFOLDERS['clip']}/' (default: {DEMO_MODEL})")
+    a("--base_model", default=DEMO_MODEL, help="the frozen 2D text-to-image model: a Stable Diffusion folder, or a TuneMV3D "
+      f"folder (its frozen base) (default: {DEMO_MODEL})")
+    a("--tunemv3d_model", default=DEMO_MODEL, help=f"a TuneMV3D pipeline folder (default: {DEMO_MODEL})")
+    a("--clip_model", default=DEMO_CLIP, help=f"a transformers CLIPModel folder with its tokenizer (default: {DEMO_CLIP})")
     a("--ablation_models", nargs="*", default=[], metavar="[LABEL=]PATH",
       help="TuneMV3D folders trained with an ablation (--no_raw_xt / --render_target features); labelled from their config")
     a("--num_captions", type=int, default=None, help=f"held-out captions ({FULL['num_captions']}; --quick {QUICK['num_captions']})")
@@ -115,32 +114,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def _not_shipped(name: str) -> str:
-    folder = ASSETS / SHIPPED_MODELS[name]
-    return (
-        f"{name} is not shipped in this install yet (expected at {folder}/{{{','.join(SUBFOLDERS.values())}}}).\n"
-        "Pass local folders instead:\n"
-        "  --base_model <Stable Diffusion-layout folder, e.g. outputs/synthobjects-t2i/model>\n"
-        "  --tunemv3d_model <folder written by training/train_tunemv3d.py>\n"
-        "  --clip_model <transformers CLIPModel folder, e.g. outputs/synthobjects-clip/model>"
-    )
-
-
 def locate(name: str, role: str) -> str:
-    """The folder of model ``role`` ("base", "tunemv3d", "clip"): ``<folder>/<role subfolder>`` when there is one,
-    else the folder itself; a shipped name (``my3dgen-hf/demo-synthobjects``) must have the subfolder."""
-    shipped = name in SHIPPED_MODELS and not Path(name).exists()
+    """The local folder of model ``role`` ("base", "tunemv3d", "clip"): a shipped name (``my3dgen-hf/...``) resolves to
+    the copy inside the package; this benchmark runs offline, so anything else must be a local folder."""
     try:
         folder = Path(resolve_pretrained(name))
-    except FileNotFoundError:
-        raise SystemExit(_not_shipped(name)) from None
-    if (folder / SUBFOLDERS[role]).is_dir():
-        return str(folder / SUBFOLDERS[role])
-    if shipped:
-        raise SystemExit(_not_shipped(name))
-    if folder.is_dir():
-        return str(folder)
-    raise SystemExit(f"--{role}_model {name}: no such folder (this benchmark runs offline: pass a local folder)")
+    except FileNotFoundError as e:
+        raise SystemExit(f"{e}\nOr pass local folders: --base_model <Stable Diffusion-layout folder>, --tunemv3d_model <folder "
+                         "written by training/train_tunemv3d.py>, --clip_model <transformers CLIPModel folder>") from None
+    if not folder.is_dir():
+        raise SystemExit(f"--{role}_model {name}: no such folder (this benchmark runs offline: pass a local folder)")
+    return str(folder)
 
 
 def _has_tunemv3d_modules(folder: str) -> bool:

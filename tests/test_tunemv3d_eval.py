@@ -260,11 +260,10 @@ def test_missing_demo_model_says_how_to_pass_local_folders(monkeypatch, tmp_path
     import my3dgen_hf.assets as assets
 
     monkeypatch.setattr(assets, "ASSETS", tmp_path / "assets")
-    monkeypatch.setattr(bench, "ASSETS", tmp_path / "assets")
     with pytest.raises(SystemExit, match="--tunemv3d_model <folder written by training/train_tunemv3d.py>"):
-        bench.locate(bench.DEMO_MODEL, "base")
-    # a shipped folder with base/, tunemv3d/ and clip/ subfolders resolves to them
-    for sub in ("base", "tunemv3d", "clip"):
-        (tmp_path / "assets" / "demo-synthobjects" / sub).mkdir(parents=True)
-    assert bench.locate(bench.DEMO_MODEL, "clip") == str(tmp_path / "assets" / "demo-synthobjects" / "clip")
+        bench.locate(bench.DEMO_MODEL, "tunemv3d")
+    (tmp_path / "assets" / "synthobjects-clip").mkdir(parents=True)
+    assert bench.locate(bench.DEMO_CLIP, "clip") == str(tmp_path / "assets" / "synthobjects-clip")  # the shipped copy
+    with pytest.raises(SystemExit, match="no such folder"):
+        bench.locate(str(tmp_path / "nothing"), "base")
     assert bench.locate(str(tmp_path), "base") == str(tmp_path)  # a plain folder is the model itself
