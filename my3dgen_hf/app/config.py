@@ -55,7 +55,7 @@ class AppConfig:
     text_to_3d_model: str = DEFAULT_TUNEMV3D_MODEL
     text_to_3d_steps: int = 50       # TuneMV3DPipeline's default
     max_text_to_3d_steps: int = 100
-    text_to_3d_guidance: float = 3.0
+    text_to_3d_guidance: float = 7.5      # TuneMV3DPipeline's default
     text_to_3d_mesh_resolution: int = 64
     # Where per-session folders go (default: a fresh folder in the system temp dir, removed at exit).
     tmp_dir: Optional[str] = None

@@ -13,6 +13,7 @@ CLIP normalization), so torchvision is never needed.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -93,13 +94,17 @@ def _features(output) -> torch.Tensor:
 class CLIPRPrecision:
     """``CLIPRPrecision(model, tokenizer)(generations, prompts)`` -> :class:`RPrecisionResult`.
 
-    ``model``: a CLIP model object, or a local path / Hub id loaded with ``transformers.CLIPModel``.
+    ``model``: a CLIP model object, or a local path / Hub id loaded with ``transformers.CLIPModel``;
+    ``"my3dgen-hf/synthobjects-clip"`` is the small SynthObjects CLIP that ships with the package (no download).
     """
 
     def __init__(self, model, tokenizer=None, device=None, image_size: Optional[int] = None, batch_size: int = 64):
-        if isinstance(model, str):
+        if isinstance(model, (str, os.PathLike)):
             from transformers import CLIPModel, CLIPTokenizer
 
+            from ..assets import resolve_pretrained
+
+            model = resolve_pretrained(str(model))
             tokenizer = tokenizer or CLIPTokenizer.from_pretrained(model)
             model = CLIPModel.from_pretrained(model)
         if tokenizer is None:
