@@ -435,7 +435,7 @@ def text_to_3d_tab(service: AppService, shared: Shared):
             with gr.Column(scale=3):
                 views = gr.Gallery(label="8 views", columns=4, height=300, format="png", elem_id="t3d-views")
                 video = gr.Video(label="Orbit of the NeuS field", height=240, interactive=False, autoplay=True, loop=True)
-                model = gr.Model3D(label="Mesh", height=300, clear_color=(1.0, 1.0, 1.0, 1.0))
+                model = gr.Model3D(label="Mesh", height=300, clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="t3d-mesh")
                 download = gr.File(label="Download mesh (GLB)")
 
     @guarded

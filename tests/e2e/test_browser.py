@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("gradio", reason="the app needs gradio: pip install -e '.[app]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need `pip install playwright` (no browser download)")
 
-from e2e.app_support import app_config, launched_app, save_tiny_base  # noqa: E402
+from e2e.app_support import app_config, launched_app, save_tiny_base, save_tiny_text_to_3d  # noqa: E402
 from hub_fixtures import hub_endpoint, hub_server  # noqa: E402,F401  (pytest fixtures)
 from hub_server import WRITE_TOKEN  # noqa: E402
 
@@ -112,8 +112,11 @@ def test_personalize_render_mesh_and_hub_in_the_browser(browser_page, hub_endpoi
     proj_steps = int(os.environ.get("MY3DGEN_E2E_PROJECTION_STEPS", "2"))
     steps = int(os.environ.get("MY3DGEN_E2E_TRAIN_STEPS", "10"))
     photos = int(os.environ.get("MY3DGEN_E2E_PHOTOS", "6"))
+    # MY3DGEN_E2E_TEXT_TO_3D_MODEL: e.g. my3dgen-hf/demo-synthobjects (50 steps, about a minute on CPU)
+    t3d = os.environ.get("MY3DGEN_E2E_TEXT_TO_3D_MODEL") or str(save_tiny_text_to_3d(tmp_path / "tiny_t3d"))
     cfg = app_config(base, tmp_path / "sessions", default_train_steps=steps, default_projection_steps=proj_steps, mesh_resolution=64,
-                     orbit_frames=12)
+                     orbit_frames=12, text_to_3d_model=t3d, text_to_3d_steps=int(os.environ.get("MY3DGEN_E2E_TEXT_TO_3D_STEPS", "3")),
+                     text_to_3d_mesh_resolution=32)
     with launched_app(cfg) as (demo, url), _screenshot_on_failure(page, shots):
         page.goto(url)
         page.get_by_role("button", name="Train").wait_for()
@@ -191,6 +194,15 @@ def test_personalize_render_mesh_and_hub_in_the_browser(browser_page, hub_endpoi
         page.get_by_role("button", name="Interpolate", exact=True).click()
         page.locator("#interp-gallery img").first.wait_for()
         shots(page, "interpolate")
+
+        # ---- text to 3D: a caption -> 8 views, an orbit video and the mesh in the 3D viewer
+        page.get_by_role("tab", name="Text to 3D").click()
+        fill(page, "t3d-prompt", "a red chair with four thin legs")
+        page.get_by_role("button", name="Generate").click()
+        page.locator("#t3d-views img").first.wait_for(timeout=180_000)
+        assert page.locator("#t3d-views img").count() == 8
+        page.locator("#t3d-mesh canvas").wait_for()
+        shots(page, "text_to_3d")
 
         # ---- Hub: push the adapter, then load it back under another name
         page.get_by_role("tab", name="Hub").click()
