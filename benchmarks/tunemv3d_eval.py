@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import math
+import platform
 import statistics
 import sys
 import time
@@ -62,6 +63,7 @@ from my3dgen_hf.tunemv3d.evaluation import (
     sample_independent_views,
     sample_tunemv3d_views,
 )
+from my3dgen_hf.utils.io import atomic_path
 
 DEMO_MODEL = "my3dgen-hf/demo-synthobjects"  # a TuneMV3D pipeline: its frozen unet/vae/text encoder are the base
 DEMO_CLIP = "my3dgen-hf/synthobjects-clip"
@@ -299,6 +301,10 @@ def markdown(results: dict) -> str:
     lines = [
         "# TuneMV3D vs independent views on held-out SynthObjects captions",
         "",
+        f"Command: `{s.get('command', 'n/a')}`  ",
+        f"Machine: {s.get('machine', 'n/a')}  ",
+        f"Date: {s.get('date', 'n/a')}; wall time {s.get('wall_time_s', float('nan')) / 60:.1f} min",
+        "",
         f"{s['num_captions']} held-out captions (world {s['data_seed']}, {s['category']}, object ids from {s['object_offset']}), "
         f"{s['num_views']} views at the objects' cameras, {s['steps']} sampling steps, guidance {s['guidance_scale']}, "
         f"seed {s['seed']}, {s['device']} ({s['num_threads']} threads){', quick run' if s['quick'] else ''}. "
@@ -365,6 +371,7 @@ def sphere_chamfer(objects, num_points: int, radius: float = 0.5, seed: int = 0)
 
 
 def main(argv=None) -> dict:
+    t_start = time.perf_counter()
     args = parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -423,6 +430,11 @@ def main(argv=None) -> dict:
     settings["num_threads"] = torch.get_num_threads()
     settings["fit_config"] = dataclasses.asdict(fit_config)
     settings["image_resolution"] = resolution
+    settings["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix() if argv is None else "benchmarks/tunemv3d_eval.py",
+                                                *(sys.argv[1:] if argv is None else argv)])
+    settings["machine"] = f"{platform.machine()} {args.device}, torch {torch.__version__}, Python {platform.python_version()}"
+    settings["date"] = time.strftime("%Y-%m-%d")
+    settings["wall_time_s"] = round(time.perf_counter() - t_start, 1)
     results = {
         "settings": settings,
         "models": {
@@ -438,9 +450,11 @@ def main(argv=None) -> dict:
     results["claims"] = claims(results, args)
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(results)
-    (args.out / "results.md").write_text(md)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    save_samples(args.out / "samples.png", objects, {k: v for k, v in methods.items() if k != REFERENCE}, resolution, args.num_samples_png)
+    for name, text in (("results.md", md), ("results.json", json.dumps(results, indent=2, default=float) + "\n")):
+        with atomic_path(args.out / name) as tmp:
+            tmp.write_text(text)
+    with atomic_path(args.out / "samples.png") as tmp:
+        save_samples(tmp, objects, {k: v for k, v in methods.items() if k != REFERENCE}, resolution, args.num_samples_png)
     print(md)
     return results
 

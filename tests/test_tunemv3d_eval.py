@@ -252,7 +252,7 @@ def test_benchmark_runs_end_to_end_with_ablations(models, tmp_path):
                     str(models / "clip"), "--object_offset", "50", "--out", str(tmp_path / "never")])
     assert claims["TuneMV3D [feat] was trained for as many steps as the full model (equal steps)"] is True
     md = (out / "results.md").read_text()
-    assert "| TuneMV3D [no raw x_t in O] |" in md and "## Claims" in md
+    assert "| TuneMV3D [no raw x_t in O] |" in md and "## Claims" in md and "Command: `python benchmarks/tunemv3d_eval.py --quick" in md
     assert results["settings"]["steps"] == 2
 
 
