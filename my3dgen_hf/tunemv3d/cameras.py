@@ -109,7 +109,7 @@ def view_colors(points: torch.Tensor, normals: torch.Tensor, images: torch.Tenso
 
     Each view's pixel at the point's projection is weighted by max(0, normal . direction to the camera)^``sharpness``
     (views looking straight at the surface dominate; the views' blur at grazing angles is kept out). Occlusion is
-    not tested: the views of one object rarely see a point's back through another part at these weights.
+    not tested: a point hidden from a view by another part of the object can take that part's colour.
     ``images`` [n, 3, H, W] in [0, 1] at ``cameras`` [n, 25]; points no view faces get the views' mean colour.
     Returns [P, 3] in [0, 1].
     """
