@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -58,6 +56,7 @@ from my3dgen_hf.synthetic.directions import fit_synthheads_directions
 from my3dgen_hf.synthetic.evaluation import evaluate_inversions, novel_view_metrics
 from my3dgen_hf.synthetic.identity_encoder import load_synthheads_identity_encoder
 from my3dgen_hf.synthetic.synthheads import ImageParams
+from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 from my3dgen_hf.utils.export import to_uint8
 
 HELD_OUT = 1_000_900  # SynthHeads ids >= 1,000,000 are never used to train the demo prior
@@ -217,7 +216,7 @@ def report(args, mean, avail, directions, importance, meta) -> str:
     names = {"pretrained": "Pretrained", "full_ft": "Full fine-tuning", "lora_r1": "LoRA rank 1 (ours)", "lora_r1_l2only": "LoRA rank 1, L2 only (ablation)"}
     perceptual_cols = [("dists", "DISTS"), ("lpips-alex", "LPIPS")]
     out = [f"# My3DGen tables on SynthHeads ({'quick' if args.quick else 'full'} mode)", "",
-           f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ", f"Date: {meta['date']}; wall time {meta['wall_time_s'] / 60:.1f} min  ",
+           *provenance_lines(meta),
            f"Held-out identities: {args.identities} (SynthHeads ids {HELD_OUT}..), {args.num_images} training images, {args.test_images} unseen test "
            f"images each, {args.steps} tuning steps, {args.eval_steps} inversion steps, {args.hull_steps} hull-projection steps. ID_sim: SynthHeads "
            "identity encoder. Perceptual metrics: " + "; ".join(f"{k}: {'available' if v is None else 'n/a (' + v.split('.')[0] + ')'}" for k, v in avail.items()), ""]
@@ -286,7 +285,7 @@ def main(argv=None):
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    t0 = time.perf_counter()
     prior = EG3DPipeline.from_pretrained(args.base_model)
     prior.set_progress_bar_config(disable=True)
     encoder = load_synthheads_identity_encoder().eval()
@@ -307,9 +306,7 @@ def main(argv=None):
     if importance:
         for name, ratios in importance.items():
             plot_importance({b: float(np.mean(v)) for b, v in ratios.items()}, args.out / f"importance_{name}.png", title=f"|dW|/|W0| per block ({name})")
-    meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
-            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d"), "wall_time_s": round(time.time() - t0, 1),
+    meta = {**run_provenance("benchmarks/paper_tables.py", argv, "CPU", t0),
             "diversity_distance": "LPIPS-alex" if "lpips-alex" in distances else "1 - MS-SSIM (LPIPS weights not available)"}
     md = report(args, mean, avail, directions, importance, meta)
     (args.out / "results.md").write_text(md)

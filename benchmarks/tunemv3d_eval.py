@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -64,6 +63,7 @@ from my3dgen_hf.tunemv3d.evaluation import (
     sample_tunemv3d_views,
 )
 from my3dgen_hf.utils.io import atomic_path
+from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 
 DEMO_MODEL = "my3dgen-hf/demo-synthobjects"  # a TuneMV3D pipeline: its frozen unet/vae/text encoder are the base
 DEMO_CLIP = "my3dgen-hf/synthobjects-clip"
@@ -301,9 +301,7 @@ def markdown(results: dict) -> str:
     lines = [
         "# TuneMV3D vs independent views on held-out SynthObjects captions",
         "",
-        f"Command: `{s.get('command', 'n/a')}`  ",
-        f"Machine: {s.get('machine', 'n/a')}  ",
-        f"Date: {s.get('date', 'n/a')}; wall time {s.get('wall_time_s', float('nan')) / 60:.1f} min",
+        *provenance_lines(s),
         "",
         f"{s['num_captions']} held-out captions (world {s['data_seed']}, {s['category']}, object ids from {s['object_offset']}), "
         f"{s['num_views']} views at the objects' cameras, {s['steps']} sampling steps, guidance {s['guidance_scale']}, "
@@ -430,11 +428,7 @@ def main(argv=None) -> dict:
     settings["num_threads"] = torch.get_num_threads()
     settings["fit_config"] = dataclasses.asdict(fit_config)
     settings["image_resolution"] = resolution
-    settings["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix() if argv is None else "benchmarks/tunemv3d_eval.py",
-                                                *(sys.argv[1:] if argv is None else argv)])
-    settings["machine"] = f"{platform.machine()} {args.device}, torch {torch.__version__}, Python {platform.python_version()}"
-    settings["date"] = time.strftime("%Y-%m-%d")
-    settings["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+    settings.update(run_provenance("benchmarks/tunemv3d_eval.py", argv, args.device, t_start))
     results = {
         "settings": settings,
         "models": {
