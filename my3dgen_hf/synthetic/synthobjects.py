@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from ..tunemv3d.cameras import orbit_cameras, pixel_rays, split_labels
 from ..tunemv3d.data import write_cameras
+from ..utils.io import atomic_path
 from .synthheads import _atomic_write_json, _atomic_write_text, _jsonable, _r, _rc, _save_png, _tupleize
 
 __all__ = [
@@ -833,9 +833,8 @@ def export_dataset(
             for f, im in zip(files, render_views(params, cams, resolution, supersample)):
                 _save_png(folder / f, im)
             _atomic_write_text(folder / "caption.txt", text + "\n")
-            tmp = folder / f".cameras.json.{os.getpid()}.tmp"
-            write_cameras(tmp, files, cams)
-            os.replace(tmp, folder / "cameras.json")
+            with atomic_path(folder / "cameras.json") as tmp:  # written last: its presence marks a complete object
+                write_cameras(tmp, files, cams)
             objects[oid] = {"object_id": oid, "dir": folder.name, "category": params.category, "caption": text,
                             "params": params.to_dict()}
     finally:
