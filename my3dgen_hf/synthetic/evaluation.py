@@ -63,10 +63,13 @@ def evaluate_inversions(
     cache_dir=None,
     distances: Optional[Mapping[str, torch.nn.Module]] = None,
     yaws: Sequence[float] = NOVEL_YAWS,
+    **projector_settings,
 ) -> tuple[dict, list]:
     """Invert each of ``images`` [N, 3, R, R] (cameras ``labels`` [N, 25], ground truth ``params``) with ``steps``
     W-projection steps into ``pipe`` as it renders now, and measure input and novel views (module doc).
-    ``distances``: ``{name: module(x, y) -> [B]}`` applied at the input view. Returns (means, per-image rows)."""
+    ``distances``: ``{name: module(x, y) -> [B]}`` applied at the input view; ``projector_settings``:
+    :class:`~my3dgen_hf.personalization.projector.ProjectorSettings` fields (``initial_learning_rate``,
+    ``mse_weight``, ...). Returns (means, per-image rows)."""
     from ..metrics import id_reconstruction_similarity, psnr, ssim
     from ..personalization.pti import adapted_pipeline, project_to_adapted_w
 
@@ -76,7 +79,7 @@ def evaluate_inversions(
     rows = []
     for img, c, p in zip(images, labels, params):
         img, c = img[None].float(), c[None].float()
-        ws = project_to_adapted_w(pipe, img, c, steps=steps, cache_dir=cache_dir, progress=False, adapted=adapted)
+        ws = project_to_adapted_w(pipe, img, c, steps=steps, cache_dir=cache_dir, progress=False, adapted=adapted, **projector_settings)
         with torch.no_grad():
             rec = pipe.generator.synthesis(ws, c.to(pipe.device), noise_mode="const", deterministic=True)["image"].clamp(-1, 1).cpu()
             row = {"psnr_input": psnr(rec, img).item(), "ssim_input": ssim(rec, img).item()}
