@@ -6,7 +6,8 @@
 2. Frechet distance between identity-encoder features of N prior samples and N SynthHeads images, next to the
    same figure for a randomly initialized generator and for two disjoint SynthHeads halves.
 3. Capacity and 3D: for held-out identities, W-space inversion of one frontal image; PSNR/SSIM at the input view,
-   PSNR/SSIM against ground-truth renders at yaw +-0.35, ID similarity (identity encoder) of novel views vs truth.
+   PSNR/SSIM against ground-truth renders at yaw +-0.35, ID similarity (identity encoder) of novel views vs truth,
+   and LPIPS at both when its backbone weights are installed (``docs/metrics.md``).
    The projector is the library's (one ``w``, noise-annealed Adam) with a higher peak learning rate and an L2 term next
    to the perceptual loss (``--projection_lr 0.1 --projection_mse_weight 5``): the figure measures what W can
    hold; ``--projection_lr 0.01 --projection_mse_weight 0`` gives the original EG3D projector's settings.
@@ -27,6 +28,7 @@ from PIL import Image
 from scipy import linalg
 
 from my3dgen_hf import EG3DGenerator, EG3DPipeline
+from my3dgen_hf.metrics import perceptual_availability, perceptual_loss
 from my3dgen_hf.synthetic import render, sample_identity, sample_image_params
 from my3dgen_hf.synthetic.evaluation import evaluate_inversions, ground_truth_view, to_tensor
 from my3dgen_hf.utils.io import atomic_path
@@ -38,8 +40,7 @@ HELD_OUT_OFFSET = 1_000_000  # SynthHeads identity ids never used in training
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
+    covmean = np.real(linalg.sqrtm(s1 @ s2))  # tiny imaginary parts from round-off are dropped
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
@@ -80,7 +81,7 @@ def sample_grid(pipe, path: Path, seeds=range(16), yaws=(-0.35, 0.0, 0.35)):
     Image.fromarray(np.concatenate(blocks, axis=1)).save(path)
 
 
-def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache_dir: Path, **projector_settings):
+def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache_dir: Path, distances=None, **projector_settings):
     """W-space inversion of one frontal image per held-out identity, measured at the input and novel views."""
     rows = []
     for k in range(n_ids):
@@ -88,7 +89,8 @@ def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache
         ident = sample_identity(0, iid)
         ip = dataclasses.replace(sample_image_params(0, iid, 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
         img, c = ground_truth_view(ident, ip, resolution)
-        _, per_image = evaluate_inversions(pipe, img, c, [ip], ident, encoder, steps=steps, cache_dir=cache_dir, **projector_settings)
+        _, per_image = evaluate_inversions(pipe, img, c, [ip], ident, encoder, steps=steps, cache_dir=cache_dir, distances=distances,
+                                           **projector_settings)
         rows.append({"identity": iid, **per_image[0]})
     keys = [k for k in rows[0] if k != "identity"]
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}, rows
@@ -128,9 +130,11 @@ def main(argv=None):
         "random_init_vs_synthheads": frechet_distance(f_random, f_real_a),
         "synthheads_half_vs_half": frechet_distance(f_real_b, f_real_a),
     }
+    lpips_missing = perceptual_availability()["lpips-alex"]  # None when its weights are installed
+    distances = {"lpips": perceptual_loss("lpips-alex", reduction="none")} if lpips_missing is None else {}
     inv_mean, inv_rows = inversion_eval(
         pipe, encoder, args.num_inversions, args.projection_steps, res, args.out / "projection_cache",
-        initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight,
+        distances=distances, initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight,
     )
     results = {"model": args.model, "num_fd": args.num_fd, "num_inversions": args.num_inversions, "projection_steps": args.projection_steps,
                "projection_lr": args.projection_lr, "projection_mse_weight": args.projection_mse_weight,
@@ -143,6 +147,7 @@ def main(argv=None):
         f"| W-space inversion of a frontal image, {args.num_inversions} held-out identities ({args.projection_steps} steps, "
         f"lr {args.projection_lr}, L2 weight {args.projection_mse_weight}) | mean |", "|---|---|",
         *[f"| {k} | {v:.4f} |" for k, v in inv_mean.items()],
+        *([] if distances else ["", f"LPIPS not measured: {lpips_missing}"]),
     ]
     for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", "\n".join(lines) + "\n")):
         with atomic_path(args.out / name) as tmp:

@@ -60,12 +60,16 @@ def test_novel_view_metrics_match_scoring_by_hand():
     G = pipe.generator
     ident, ip = _frontal(5)
     ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), pipe.conditioning_label(1))
-    out = novel_view_metrics(pipe, ws, ident, ip, yaws=(-0.35, 0.35))
-    by_hand = []
+    l1 = lambda x, y: (x - y).abs().mean(dim=(1, 2, 3))  # noqa: E731  any distance(x, y) -> [B]
+    out = novel_view_metrics(pipe, ws, ident, ip, yaws=(-0.35, 0.35), distances={"l1": l1})
+    by_hand, l1_by_hand = [], []
     for yaw in (-0.35, 0.35):
         gt, c = ground_truth_view(ident, ip, G.img_resolution, yaw=yaw)
         with torch.no_grad():
             img = G.synthesis(ws, c, noise_mode="const", deterministic=True)["image"].clamp(-1, 1)
         by_hand.append(psnr(img, gt).item())
+        l1_by_hand.append(float(l1(img, gt)))
+    assert set(out) == {"psnr_novel", "ssim_novel", "l1_novel"}
     assert out["psnr_novel"] == pytest.approx(sum(by_hand) / 2, rel=1e-5)
+    assert out["l1_novel"] == pytest.approx(sum(l1_by_hand) / 2, rel=1e-5) and out["l1_novel"] > 0.01
     assert 0.0 < out["ssim_novel"] < 1.0

@@ -6,8 +6,8 @@ paper could not: at novel views. :func:`evaluate_inversions` inverts test images
 
 - input view: PSNR, SSIM, ID similarity (identity encoder, paired), and any perceptual distances given (LPIPS,
   DISTS, or the MS-SSIM substitute),
-- novel views (yaw -0.35 / +0.35 by default, the same expression and lighting): PSNR, SSIM and ID similarity
-  against ground-truth renders (:func:`novel_view_metrics`).
+- novel views (yaw -0.35 / +0.35 by default, the same expression and lighting): PSNR, SSIM, ID similarity and the
+  same perceptual distances against ground-truth renders (:func:`novel_view_metrics`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ def ground_truth_view(identity: IdentityParams, params: ImageParams, resolution:
 
 
 @torch.no_grad()
-def novel_view_metrics(pipe, ws: torch.Tensor, identity: IdentityParams, params: ImageParams, encoder=None, yaws: Sequence[float] = NOVEL_YAWS) -> dict:
+def novel_view_metrics(
+    pipe, ws: torch.Tensor, identity: IdentityParams, params: ImageParams, encoder=None, yaws: Sequence[float] = NOVEL_YAWS,
+    distances: Optional[Mapping[str, torch.nn.Module]] = None,
+) -> dict:
     """Render ``ws`` [1, num_ws, w_dim] at each yaw (the image's pitch) and compare with the ground truth:
-    ``{"psnr_novel", "ssim_novel", "id_novel"}`` averaged over the views (``id_novel`` only with an ``encoder``)."""
+    ``{"psnr_novel", "ssim_novel", "id_novel", "<name>_novel" for each of distances}`` averaged over the views
+    (``id_novel`` only with an ``encoder``)."""
     from ..metrics import id_reconstruction_similarity, psnr, ssim
 
     G = pipe.generator
@@ -49,6 +53,8 @@ def novel_view_metrics(pipe, ws: torch.Tensor, identity: IdentityParams, params:
         rows["ssim_novel"].append(ssim(img, gt).item())
         if encoder is not None:
             rows.setdefault("id_novel", []).append(id_reconstruction_similarity(img, gt, encoder).mean)
+        for name, d in (distances or {}).items():
+            rows.setdefault(f"{name}_novel", []).append(float(d(img, gt).mean()))
     return {k: float(np.mean(v)) for k, v in rows.items()}
 
 
@@ -67,7 +73,7 @@ def evaluate_inversions(
 ) -> tuple[dict, list]:
     """Invert each of ``images`` [N, 3, R, R] (cameras ``labels`` [N, 25], ground truth ``params``) with ``steps``
     W-projection steps into ``pipe`` as it renders now, and measure input and novel views (module doc).
-    ``distances``: ``{name: module(x, y) -> [B]}`` applied at the input view; ``projector_settings``:
+    ``distances``: ``{name: module(x, y) -> [B]}`` applied at the input and the novel views; ``projector_settings``:
     :class:`~my3dgen_hf.personalization.projector.ProjectorSettings` fields (``initial_learning_rate``,
     ``mse_weight``, ...). Returns (means, per-image rows)."""
     from ..metrics import id_reconstruction_similarity, psnr, ssim
@@ -87,6 +93,6 @@ def evaluate_inversions(
                 row["id_input"] = id_reconstruction_similarity(rec, img, encoder).mean
             for name, d in (distances or {}).items():
                 row[f"{name}_input"] = float(d(rec, img).mean())
-        row.update(novel_view_metrics(pipe, ws, identity, p, encoder, yaws))
+        row.update(novel_view_metrics(pipe, ws, identity, p, encoder, yaws, distances))
         rows.append(row)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, rows
