@@ -11,7 +11,8 @@
    The projector is the library's (one ``w``, noise-annealed Adam) with a higher peak learning rate and an L2 term next
    to the perceptual loss (``--projection_lr 0.1 --projection_mse_weight 5``): the figure measures what W can
    hold; ``--projection_lr 0.01 --projection_mse_weight 0`` gives the original EG3D projector's settings.
-Writes ``results.json`` and ``results.md`` to ``--out`` and prints the table.
+Writes ``results.json``, ``results.md``, ``samples_16_seeds.png`` and ``inversions.png`` (truth over inversion at
+yaw -0.35 / 0 / +0.35 for six identities) to ``--out`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -96,6 +97,32 @@ def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}, rows
 
 
+@torch.no_grad()
+def inversion_figure(pipe, rows, resolution: int, cache_dir: Path, path: Path, n: int = 6, yaws=(-0.35, 0.0, 0.35), **projector_settings):
+    """For the first ``n`` identities: ground truth at each yaw (top) over the inversion of the frontal image rendered
+    there (bottom). The ``w`` come from the projection cache that :func:`inversion_eval` filled."""
+    from my3dgen_hf.personalization.pti import project_to_adapted_w
+
+    to_np = lambda x: ((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # noqa: E731
+    G, columns = pipe.generator, []
+    for row in rows[:n]:
+        ident = sample_identity(0, row["identity"])
+        ip = dataclasses.replace(sample_image_params(0, row["identity"], 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
+        img, c = ground_truth_view(ident, ip, resolution)
+        with torch.enable_grad():
+            ws = project_to_adapted_w(pipe, img, c, cache_dir=cache_dir, progress=False, **projector_settings)
+        truth, ours = [], []
+        for yaw in yaws:
+            gt, cy = ground_truth_view(ident, ip, resolution, yaw=yaw)
+            truth.append(to_np(gt))
+            ours.append(to_np(G.synthesis(ws, cy, noise_mode="const", deterministic=True)["image"]))
+        columns.append(np.concatenate([np.concatenate(truth, axis=1), np.concatenate(ours, axis=1)], axis=0))
+    half = (len(columns) + 1) // 2  # two columns of identities
+    grid = np.concatenate([np.concatenate(columns[:half], axis=0), np.concatenate(columns[half:] or [np.zeros_like(columns[0])] * half, axis=0)], axis=1)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="my3dgen-hf/demo-synthheads")
@@ -130,12 +157,14 @@ def main(argv=None):
         "random_init_vs_synthheads": frechet_distance(f_random, f_real_a),
         "synthheads_half_vs_half": frechet_distance(f_real_b, f_real_a),
     }
+    settings = dict(steps=args.projection_steps, initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight)
     lpips_missing = perceptual_availability()["lpips-alex"]  # None when its weights are installed
     distances = {"lpips": perceptual_loss("lpips-alex", reduction="none")} if lpips_missing is None else {}
     inv_mean, inv_rows = inversion_eval(
         pipe, encoder, args.num_inversions, args.projection_steps, res, args.out / "projection_cache",
         distances=distances, initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight,
     )
+    inversion_figure(pipe, inv_rows, res, args.out / "projection_cache", args.out / "inversions.png", **settings)
     results = {"model": args.model, "num_fd": args.num_fd, "num_inversions": args.num_inversions, "projection_steps": args.projection_steps,
                "projection_lr": args.projection_lr, "projection_mse_weight": args.projection_mse_weight,
                "frechet_identity_features": fd, "inversion": inv_mean, "inversion_rows": inv_rows,
