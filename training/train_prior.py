@@ -233,7 +233,7 @@ def main(argv=None):
     t0 = time.time()
     G.train()
     E.train()
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    base_lrs = [args.learning_rate, args.encoder_learning_rate]  # not opt's: a resumed state holds the last *scaled* lr
     while global_step < args.max_train_steps and not args.export_only:
         batch = next(it)
         factor = lr_factor(global_step, args)
@@ -263,7 +263,7 @@ def main(argv=None):
             opt.zero_grad(set_to_none=True)
         global_step += 1
         bar.update(1)
-        logs = {"step": global_step, "lr_factor": round(factor, 4), "loss": loss.item(), "img": loss_img.item(), "raw": loss_raw.item(), "depth": loss_depth.item(),
+        logs = {"step": global_step, "lr_factor": round(factor, 4), "lr": opt.param_groups[0]["lr"], "loss": loss.item(), "img": loss_img.item(), "raw": loss_raw.item(), "depth": loss_depth.item(),
                 "kl": kl.item(), "reg": reg.item(), "elapsed_s": round(time.time() - t0, 1)}
         bar.set_postfix(loss=f"{logs['loss']:.3f}", img=f"{logs['img']:.3f}", depth=f"{logs['depth']:.3f}")
         accelerator.log(logs, step=global_step)
