@@ -95,6 +95,21 @@ def test_script_resume_from_latest_continues_training(setup):
         assert (setup / "resumed" / f).is_file()
 
 
+def test_script_projection_settings_reach_the_projector(setup, tmp_path):
+    from safetensors import safe_open
+
+    args = _args(setup, "proj", "--steps", "1", "--projection_lr", "0.1", "--projection_mse_weight", "5")
+    args[args.index("--projection_cache_dir") + 1] = str(tmp_path / "cache")
+    assert _script().main(args) == 0
+    summary = json.loads((setup / "proj" / "training_summary.json").read_text())
+    assert summary["projection"]["lr"] == 0.1 and summary["projection"]["mse_weight"] == 5.0
+    entries = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(entries) == 4  # one w per training image, keyed by these settings
+    with safe_open(str(entries[0]), "pt") as f:
+        settings = json.loads(f.metadata()["settings"])
+    assert (settings["initial_learning_rate"], settings["mse_weight"]) == (0.1, 5.0)
+
+
 def test_script_bad_inputs_fail_early_and_clearly(setup, tmp_path):
     script = _script()
     (tmp_path / "empty").mkdir()
