@@ -82,16 +82,20 @@ def sample_grid(pipe, path: Path, seeds=range(16), yaws=(-0.35, 0.0, 0.35)):
     Image.fromarray(np.concatenate(blocks, axis=1)).save(path)
 
 
-def inversion_eval(pipe, encoder, n_ids: int, steps: int, resolution: int, cache_dir: Path, distances=None, **projector_settings):
+def frontal_test_view(identity_id: int, resolution: int):
+    """A held-out identity's first test image, turned to the front without occluder -> (identity, params, image, label)."""
+    ident = sample_identity(0, identity_id)
+    ip = dataclasses.replace(sample_image_params(0, identity_id, 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
+    return (ident, ip, *ground_truth_view(ident, ip, resolution))
+
+
+def inversion_eval(pipe, encoder, n_ids: int, resolution: int, cache_dir: Path, distances=None, **projector_settings):
     """W-space inversion of one frontal image per held-out identity, measured at the input and novel views."""
     rows = []
     for k in range(n_ids):
         iid = HELD_OUT_OFFSET + 500 + k
-        ident = sample_identity(0, iid)
-        ip = dataclasses.replace(sample_image_params(0, iid, 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
-        img, c = ground_truth_view(ident, ip, resolution)
-        _, per_image = evaluate_inversions(pipe, img, c, [ip], ident, encoder, steps=steps, cache_dir=cache_dir, distances=distances,
-                                           **projector_settings)
+        ident, ip, img, c = frontal_test_view(iid, resolution)
+        _, per_image = evaluate_inversions(pipe, img, c, [ip], ident, encoder, cache_dir=cache_dir, distances=distances, **projector_settings)
         rows.append({"identity": iid, **per_image[0]})
     keys = [k for k in rows[0] if k != "identity"]
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}, rows
@@ -106,9 +110,7 @@ def inversion_figure(pipe, rows, resolution: int, cache_dir: Path, path: Path, n
     to_np = lambda x: ((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # noqa: E731
     G, columns = pipe.generator, []
     for row in rows[:n]:
-        ident = sample_identity(0, row["identity"])
-        ip = dataclasses.replace(sample_image_params(0, row["identity"], 0, split="test", occluder_prob=0.0), yaw=0.0, pitch=0.0)
-        img, c = ground_truth_view(ident, ip, resolution)
+        ident, ip, img, c = frontal_test_view(row["identity"], resolution)
         with torch.enable_grad():
             ws = project_to_adapted_w(pipe, img, c, cache_dir=cache_dir, progress=False, **projector_settings)
         truth, ours = [], []
@@ -160,10 +162,7 @@ def main(argv=None):
     settings = dict(steps=args.projection_steps, initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight)
     lpips_missing = perceptual_availability()["lpips-alex"]  # None when its weights are installed
     distances = {"lpips": perceptual_loss("lpips-alex", reduction="none")} if lpips_missing is None else {}
-    inv_mean, inv_rows = inversion_eval(
-        pipe, encoder, args.num_inversions, args.projection_steps, res, args.out / "projection_cache",
-        distances=distances, initial_learning_rate=args.projection_lr, mse_weight=args.projection_mse_weight,
-    )
+    inv_mean, inv_rows = inversion_eval(pipe, encoder, args.num_inversions, res, args.out / "projection_cache", distances, **settings)
     inversion_figure(pipe, inv_rows, res, args.out / "projection_cache", args.out / "inversions.png", **settings)
     results = {"model": args.model, "num_fd": args.num_fd, "num_inversions": args.num_inversions, "projection_steps": args.projection_steps,
                "projection_lr": args.projection_lr, "projection_mse_weight": args.projection_mse_weight,
