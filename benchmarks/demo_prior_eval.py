@@ -11,7 +11,7 @@
    The projector is the library's (one ``w``, noise-annealed Adam) with a higher peak learning rate and an L2 term next
    to the perceptual loss (``--projection_lr 0.1 --projection_mse_weight 5``): the figure measures what W can
    hold; ``--projection_lr 0.01 --projection_mse_weight 0`` gives the original EG3D projector's settings.
-Writes ``results.json``, ``results.md``, ``samples_16_seeds.png`` and ``inversions.png`` (truth over inversion at
+Writes ``results.json``, ``results.md``, ``samples_16_seeds.png`` (``--grid_seeds``) and ``inversions.png`` (truth over inversion at
 yaw -0.35 / 0 / +0.35 for six identities) to ``--out`` and prints the tables.
 """
 
@@ -77,9 +77,11 @@ def sample_grid(pipe, path: Path, seeds=range(16), yaws=(-0.35, 0.0, 0.35)):
     rows = []
     for s in seeds:
         rows.append(np.concatenate(list(pipe(seed=s, yaw=list(yaws), output_type="np").images), axis=1))
-    # 16 rows x 3 views -> 4 x 4 blocks of 3 views for a compact picture
+    # one row of 3 views per seed, in blocks of 4 rows side by side (16 seeds: 4 x 4) for a compact picture
+    rows += [np.zeros_like(rows[0])] * (-len(rows) % 4 if len(rows) > 4 else 0)
     blocks = [np.concatenate(rows[i : i + 4], axis=0) for i in range(0, len(rows), 4)]
-    Image.fromarray(np.concatenate(blocks, axis=1)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(blocks, axis=1)).save(tmp, format="PNG")
 
 
 def frontal_test_view(identity_id: int, resolution: int):
@@ -134,6 +136,7 @@ def main(argv=None):
     p.add_argument("--projection_steps", type=int, default=300)
     p.add_argument("--projection_lr", type=float, default=0.1, help="peak learning rate of the W projection")
     p.add_argument("--projection_mse_weight", type=float, default=5.0, help="weight of the L2 term next to the perceptual loss")
+    p.add_argument("--grid_seeds", type=int, default=16, help="seeds in the sample grid (samples_<N>_seeds.png)")
     p.add_argument("--quick", action="store_true", help="200 FD samples, 4 inversions, 100 projection steps")
     args = p.parse_args(argv)
     if args.quick:
@@ -146,7 +149,7 @@ def main(argv=None):
     G = pipe.generator.eval()
     encoder = load_synthheads_identity_encoder().eval()
     res = G.img_resolution
-    sample_grid(pipe, args.out / "samples_16_seeds.png")
+    sample_grid(pipe, args.out / f"samples_{args.grid_seeds}_seeds.png", seeds=range(args.grid_seeds))
 
     real = synthheads_images(2 * args.num_fd, HELD_OUT_OFFSET, res)
     f_real_a, f_real_b = embed(encoder, real[: args.num_fd]), embed(encoder, real[args.num_fd :])
