@@ -85,12 +85,12 @@ def main(argv=None):
               f"Demo minus the diffusers floor: {demo - floor:+.2f} s."]
     print("\n".join(lines))
     if args.out is not None:
-        from my3dgen_hf.utils.io import atomic_path
+        from my3dgen_hf.utils.io import atomic_write_text
         from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 
         meta = run_provenance("benchmarks/demo_cold_start.py", argv, "cpu", t_start)
-        with atomic_path(args.out / "results.md") as tmp:
-            tmp.write_text("\n".join([*provenance_lines(meta), "", *lines]) + "\n")
+        atomic_write_text(args.out / "results.md", "\n".join([*provenance_lines(meta), "", *lines]) + "\n")
+
 
 if __name__ == "__main__":
     main()

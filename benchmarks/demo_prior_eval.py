@@ -32,7 +32,8 @@ from my3dgen_hf import EG3DGenerator, EG3DPipeline
 from my3dgen_hf.metrics import perceptual_availability, perceptual_loss
 from my3dgen_hf.synthetic import render, sample_identity, sample_image_params
 from my3dgen_hf.synthetic.evaluation import evaluate_inversions, ground_truth_view, to_tensor
-from my3dgen_hf.utils.io import atomic_path
+from my3dgen_hf.utils.export import to_uint8
+from my3dgen_hf.utils.io import atomic_path, atomic_write_text
 from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 
 HELD_OUT_OFFSET = 1_000_000  # SynthHeads identity ids never used in training
@@ -109,7 +110,6 @@ def inversion_figure(pipe, rows, resolution: int, cache_dir: Path, path: Path, n
     there (bottom). The ``w`` come from the projection cache that :func:`inversion_eval` filled."""
     from my3dgen_hf.personalization.pti import project_to_adapted_w
 
-    to_np = lambda x: ((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # noqa: E731
     G, columns = pipe.generator, []
     for row in rows[:n]:
         ident, ip, img, c = frontal_test_view(row["identity"], resolution)
@@ -118,8 +118,8 @@ def inversion_figure(pipe, rows, resolution: int, cache_dir: Path, path: Path, n
         truth, ours = [], []
         for yaw in yaws:
             gt, cy = ground_truth_view(ident, ip, resolution, yaw=yaw)
-            truth.append(to_np(gt))
-            ours.append(to_np(G.synthesis(ws, cy, noise_mode="const", deterministic=True)["image"]))
+            truth.append(to_uint8(gt)[0])
+            ours.append(to_uint8(G.synthesis(ws, cy, noise_mode="const", deterministic=True)["image"])[0])
         columns.append(np.concatenate([np.concatenate(truth, axis=1), np.concatenate(ours, axis=1)], axis=0))
     half = (len(columns) + 1) // 2  # two columns of identities
     grid = np.concatenate([np.concatenate(columns[:half], axis=0), np.concatenate(columns[half:] or [np.zeros_like(columns[0])] * half, axis=0)], axis=1)
@@ -180,9 +180,8 @@ def main(argv=None):
         *[f"| {k} | {v:.4f} |" for k, v in inv_mean.items()],
         *([] if distances else ["", f"LPIPS not measured: {lpips_missing}"]),
     ]
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", "\n".join(lines) + "\n")):
-        with atomic_path(args.out / name) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

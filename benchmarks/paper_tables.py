@@ -56,8 +56,9 @@ from my3dgen_hf.synthetic.directions import fit_synthheads_directions
 from my3dgen_hf.synthetic.evaluation import evaluate_inversions, novel_view_metrics
 from my3dgen_hf.synthetic.identity_encoder import load_synthheads_identity_encoder
 from my3dgen_hf.synthetic.synthheads import ImageParams
-from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 from my3dgen_hf.utils.export import to_uint8
+from my3dgen_hf.utils.io import atomic_write_text
+from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 
 HELD_OUT = 1_000_900  # SynthHeads ids >= 1,000,000 are never used to train the demo prior
 # The committed run (about 40 minutes on a 2-core CPU); raise --identities / --test_images / --hull_steps on a bigger machine.
@@ -309,8 +310,8 @@ def main(argv=None):
     meta = {**run_provenance("benchmarks/paper_tables.py", argv, "CPU", t0),
             "diversity_distance": "LPIPS-alex" if "lpips-alex" in distances else "1 - MS-SSIM (LPIPS weights not available)"}
     md = report(args, mean, avail, directions, importance, meta)
-    (args.out / "results.md").write_text(md)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    atomic_write_text(args.out / "results.md", md)
+    atomic_write_text(args.out / "results.json", json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                                         "mean": mean, "per_identity": per_identity,
                                                         "directions": {a: {"accuracy": d.accuracy} for a, d in directions.items()},
                                                         "importance": {m: {b: float(np.mean(v)) for b, v in r.items()} for m, r in importance.items()},

@@ -62,7 +62,7 @@ from my3dgen_hf.tunemv3d.evaluation import (
     sample_independent_views,
     sample_tunemv3d_views,
 )
-from my3dgen_hf.utils.io import atomic_path
+from my3dgen_hf.utils.io import atomic_path, atomic_write_text
 from my3dgen_hf.utils.provenance import provenance_lines, run_provenance
 
 DEMO_MODEL = "my3dgen-hf/demo-synthobjects"  # a TuneMV3D pipeline: its frozen unet/vae/text encoder are the base
@@ -444,9 +444,8 @@ def main(argv=None) -> dict:
     results["claims"] = claims(results, args)
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(results)
-    for name, text in (("results.md", md), ("results.json", json.dumps(results, indent=2, default=float) + "\n")):
-        with atomic_path(args.out / name) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(args.out / "results.md", md)
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
     with atomic_path(args.out / "samples.png") as tmp:
         save_samples(tmp, objects, {k: v for k, v in methods.items() if k != REFERENCE}, resolution, args.num_samples_png)
     print(md)

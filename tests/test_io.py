@@ -2,7 +2,7 @@
 
 import pytest
 
-from my3dgen_hf.utils.io import atomic_path
+from my3dgen_hf.utils.io import atomic_path, atomic_write_text
 
 
 def test_atomic_path_replaces_with_normal_permissions(tmp_path):
@@ -24,3 +24,10 @@ def test_atomic_path_failure_keeps_the_old_file(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("disk full")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
+
+
+def test_atomic_write_text_creates_folders_and_replaces(tmp_path):
+    target = tmp_path / "new" / "results.md"
+    assert atomic_write_text(target, "first\n") == target and target.read_text() == "first\n"
+    atomic_write_text(target, "second\n")
+    assert target.read_text() == "second\n" and sorted(p.name for p in target.parent.iterdir()) == ["results.md"]

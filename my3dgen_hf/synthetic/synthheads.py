@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, atomic_write_text
 
 __all__ = [
     "BEARD_STYLES",
@@ -1228,13 +1228,8 @@ def render_image(seed: int, identity_id: int, image_index: int, resolution: int 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _save_png(path: Path, img: np.ndarray) -> None:

@@ -28,8 +28,8 @@ import torch
 
 from ..tunemv3d.cameras import orbit_cameras, pixel_rays, split_labels
 from ..tunemv3d.data import write_cameras
-from ..utils.io import atomic_path
-from .synthheads import _atomic_write_json, _atomic_write_text, _jsonable, _r, _rc, _save_png, _tupleize
+from ..utils.io import atomic_path, atomic_write_text
+from .synthheads import _atomic_write_json, _jsonable, _r, _rc, _save_png, _tupleize
 
 __all__ = [
     "CATEGORIES",
@@ -832,7 +832,7 @@ def export_dataset(
             folder.mkdir(exist_ok=True)
             for f, im in zip(files, render_views(params, cams, resolution, supersample)):
                 _save_png(folder / f, im)
-            _atomic_write_text(folder / "caption.txt", text + "\n")
+            atomic_write_text(folder / "caption.txt", text + "\n")
             with atomic_path(folder / "cameras.json") as tmp:  # written last: its presence marks a complete object
                 write_cameras(tmp, files, cams)
             objects[oid] = {"object_id": oid, "dir": folder.name, "category": params.category, "caption": text,

@@ -29,6 +29,13 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
             tmp.unlink()
 
 
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path`; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` that replaces ``path`` when the block succeeds."""
